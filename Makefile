@@ -1,0 +1,39 @@
+# Quickstart targets. Both work on a fresh machine: they create .venv and install into it.
+# On a CPU machine torch==2.13.0 is installed first (this platform carries its CPU wheel, so no
+# CUDA packages are downloaded); if the system python already has torch (a GPU box), the venv
+# sees it through --system-site-packages and pip keeps it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	  echo "[skel] torch already installed for $(PYTHON): keeping it"; \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1; \
+	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@$(BIN)/python -c "import torch, skelcli; print('[skel] torch', torch.__version__, '| skelcli', skelcli.__version__)"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/skel demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/skel benchmark --measure-throughput --json docs/bench_cpu.json
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,87 @@
+"""The Typer app and the helpers every command module shares.
+
+Command modules (``skelcli/cli/<area>.py``) register themselves with :func:`command`; each command
+function stays thin: parse -> settings -> call an importable function -> render. Heavy imports
+(torch, h5py, sklearn) happen inside the command body so ``skel --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from skelcli import __version__
+from skelcli.errors import SkelError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="skel",
+    help=(
+        "Self-supervised skeleton-based action recognition: prepare NTU RGB+D / PKU-MMD data, "
+        "pretrain (mae, mamp, gfp, slim), probe, fine-tune, retrieve, benchmark.\n\n"
+        "Quick look: skel demo --out demo_out"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _one_line_validation(exc) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "__root__")
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return "invalid settings: " + "; ".join(parts)
+
+
+def command(name: str, **kwargs) -> Callable:
+    """Register a command on the app; turn SkelError / pydantic errors into a one-line exit 2."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            from pydantic import ValidationError
+
+            try:
+                return fn(*args, **kw)
+            except SkelError as exc:
+                fail(str(exc))
+            except ValidationError as exc:
+                fail(_one_line_validation(exc))
+            except FileNotFoundError as exc:
+                fail(f"file not found: {exc.filename or exc}")
+            except KeyboardInterrupt:
+                fail("interrupted", code=130)
+
+        return app.command(name, **kwargs)(wrapper)
+
+    return decorate
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"skel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """skel: self-supervised skeleton action recognition."""

@@ -1,0 +1,1 @@
+"""Training engine: the loop, checkpoints, distributed helpers."""

@@ -1,0 +1,1 @@
+"""Models: the one skeleton transformer encoder, its layers and token masking."""

@@ -1,0 +1,122 @@
+"""Typed settings shared by the commands: strict pydantic models, TOML files, CLI overrides.
+
+Resolution order for every command: defaults (the paper recipe) < named preset < ``--config FILE.toml``
+< ``--set section.field=value`` overrides. Unknown fields fail at parse time with the field name.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from skelcli.errors import SkelError
+
+
+class StrictModel(BaseModel):
+    """Base for every settings model: unknown fields are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimSettings(StrictModel):
+    """AdamW with a per-iteration linear warmup + cosine schedule (spec/mamp-and-data.md B)."""
+
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (absolute, not scaled by batch)")
+    min_lr: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.05, ge=0)
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule end (SLiM); None = constant")
+    warmup_epochs: float = Field(20, ge=0)
+    epochs: int = Field(400, ge=1)
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None = no clipping")
+
+
+class DataSettings(StrictModel):
+    """Which prepared file and split to train on, and the MAMP feeder's augmentation (spec E)."""
+
+    path: Path | None = None
+    split: str = "xsub"
+    batch_size: int = Field(128, ge=1)
+    crop_min: float = Field(0.5, gt=0, le=1)
+    crop_max: float = Field(1.0, gt=0, le=1)
+    min_crop_frames: int = Field(64, ge=1)
+    rotation: float = Field(0.3, ge=0, description="max |angle| in radians of the random 3-axis rotation")
+    test_crop: float = Field(0.95, gt=0, le=1)
+    memory_budget_gb: float = Field(8.0, gt=0, description="read lazily per worker above this size")
+    limit: int | None = Field(None, ge=1, description="use only the first N training clips (debugging)")
+
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class RuntimeSettings(StrictModel):
+    """Where and how the training loop runs."""
+
+    device: Device = "auto"
+    precision: Precision = "auto"
+    compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = Field(20, ge=1, description="numbered checkpoint every N epochs (last.pt every epoch)")
+    log_every: int = Field(10, ge=1, description="write a metrics line every N steps")
+    deterministic: bool = False
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML settings file; a missing or malformed file is a one-line SkelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkelError(f"settings file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SkelError(f"{path}: not valid TOML ({exc})") from None
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (nested dicts merge, values replace)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``{"optim": {"lr": 3e-4}}``; the value is read as TOML/JSON, else a string."""
+    if "=" not in text:
+        raise SkelError(f"override {text!r} is not of the form section.field=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value: Any = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+    node: dict[str, Any] = {}
+    out = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def merge_overrides(base: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for text in overrides or []:
+        base = deep_merge(base, parse_override(text))
+    return base
+
+
+def to_jsonable(model: BaseModel) -> dict[str, Any]:
+    """Settings as plain JSON types (for run folders and checkpoints loaded with weights_only=True)."""
+    return json.loads(model.model_dump_json())
