@@ -1,0 +1,141 @@
+"""torch.distributed helpers: torchrun environment, rank-0 duties, ordered all-gathers.
+
+Launch with ``torchrun --nproc-per-node N -m skelcli pretrain ...`` (environment variables RANK,
+WORLD_SIZE, LOCAL_RANK; never ``--local_rank``). NCCL on CUDA, gloo on CPU, so every path is
+testable without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job. ``world_size == 1`` means a plain single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local CUDA device when available, else CPU."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from skelcli.errors import SkelError
+
+        raise SkelError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a no-op."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local)
+    if world <= 1:
+        return DistContext(0, 1, 0, dev, None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return DistContext(rank, world, local, dev, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        tdist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Mean of a tensor over all processes (a copy; the input is left unchanged)."""
+    if not ctx.distributed:
+        return value
+    out = value.detach().clone()
+    tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+    return out / ctx.world_size
+
+
+def gather_rows_in_order(rows: torch.Tensor, index: torch.Tensor, total: int, ctx: DistContext) -> torch.Tensor:
+    """Reassemble per-rank rows into the original order, each sample exactly once.
+
+    rows: (n_local, ...) results for the dataset positions ``index`` (n_local,) this rank handled
+    (sharded as ``positions[rank::world]`` after padding, so some positions may repeat). Returns
+    (total, ...) on every rank, row i = the result for position i.
+    """
+    if not ctx.distributed:
+        out = rows.new_zeros((total,) + tuple(rows.shape[1:]))
+        out[index.to(rows.device)] = rows
+        return out
+    n = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(n) for _ in range(ctx.world_size)]
+    tdist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    pad_rows = rows.new_zeros((longest,) + tuple(rows.shape[1:]))
+    pad_rows[: rows.shape[0]] = rows
+    pad_index = torch.full((longest,), -1, dtype=torch.long, device=rows.device)
+    pad_index[: index.shape[0]] = index.to(rows.device)
+    all_rows = [torch.zeros_like(pad_rows) for _ in range(ctx.world_size)]
+    all_index = [torch.zeros_like(pad_index) for _ in range(ctx.world_size)]
+    tdist.all_gather(all_rows, pad_rows)
+    tdist.all_gather(all_index, pad_index)
+    out = rows.new_zeros((total,) + tuple(rows.shape[1:]))
+    for r, ix in zip(all_rows, all_index):
+        keep = ix >= 0
+        out[ix[keep]] = r[keep]
+    return out
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:
+    """Replace this process by ``python -m torch.distributed.run --nproc-per-node N -m skelcli ...``.
+
+    ``argv`` is the command line after the program name with the ``--nproc`` option removed.
+    Used by ``skel pretrain --nproc N`` as a convenience.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "skelcli", *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(cmd[0], cmd)
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """Remove ``--name V`` / ``--name=V`` from an argument list."""
+    out: list[str] = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
