@@ -1,0 +1,233 @@
+"""`skel probe`, `skel retrieve`, `skel finetune`: downstream evaluation of a pretrained encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from skelcli.cli._app import command, console, err_console
+
+
+def _default_out(checkpoint: Optional[Path], name: str) -> Path:
+    return (checkpoint.parent if checkpoint is not None else Path("runs")) / name
+
+
+def _fmt(value: Any, pct: bool = True) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{100 * value:.2f} %" if pct else f"{value:.4g}"
+    return str(value)
+
+
+def _write_json(path: Optional[Path], payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"JSON written to {path}")
+
+
+def _source(checkpoint: Optional[Path], random_init: bool) -> str:
+    if checkpoint is None:
+        return "random init"
+    return f"{checkpoint} (random init)" if random_init else str(checkpoint)
+
+
+_ckpt_opt = typer.Option(None, "--checkpoint", "-c", help="Checkpoint (.pt) with an encoder.")
+_data_opt = typer.Option(..., "--data", "-d", help="Prepared HDF5 file (skel prepare).")
+_split_opt = typer.Option("xsub", "--split", help="Protocol name in the file (xsub, xview, xset).")
+_device_opt = typer.Option("auto", "--device", help="auto | cpu | cuda")
+_random_opt = typer.Option(False, "--random-init", help="Use a randomly initialised encoder (the checkpoint's config, or --preset's).")
+_preset_opt = typer.Option("small", "--preset", help="Encoder config for --random-init without a checkpoint: small | paper.")
+_json_opt = typer.Option(None, "--json", help="Also write the results as JSON to this file.")
+
+
+@command("probe")
+def probe(
+    checkpoint: Optional[Path] = _ckpt_opt,
+    data: Path = _data_opt,
+    split: str = _split_opt,
+    protocol: str = typer.Option("linear", "--protocol", help="linear | knn"),
+    head: str = typer.Option("sklearn", "--head", help="linear head: sklearn (logistic regression) | sgd (papers' protocol)"),
+    k: int = typer.Option(20, "--k", help="kNN neighbours (distance-weighted, cosine)."),
+    epochs: int = typer.Option(100, "--epochs", help="Epochs of the sgd head."),
+    lr: float = typer.Option(0.1, "--lr", help="Learning rate of the sgd head (spec C.1: 0.1)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Clips per batch for feature extraction / sgd."),
+    person_pool: Optional[str] = typer.Option(None, "--person-pool", help="mean | mean_valid | concat (default from the method)."),
+    device: str = _device_opt,
+    random_init: bool = _random_opt,
+    preset: str = _preset_opt,
+    seed: int = typer.Option(0, "--seed"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: next to the checkpoint)."),
+    json_out: Optional[Path] = _json_opt,
+) -> None:
+    """Probe a frozen encoder: linear classifier or kNN on its features.
+
+    Example:  skel probe --checkpoint runs/mamp/last.pt --data data/ntu60.h5 --split xsub --protocol knn --k 20
+    Papers' protocol:  skel probe -c runs/mamp/last.pt -d data/ntu60.h5 --protocol linear --head sgd --epochs 100
+    """
+    from rich.table import Table
+
+    from skelcli.eval.probe import run_probe
+
+    name = f"probe-{protocol}{'-' + head if protocol == 'linear' else ''}-{split}{'-random' if random_init else ''}"
+    out_dir = out or _default_out(checkpoint, name)
+
+    def on_epoch(epoch: int, top1: float) -> None:
+        if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            console.print(f"  sgd head epoch {epoch + 1}/{epochs}: test top-1 {100 * top1:.2f} %")
+
+    with console.status(f"probe {protocol}: extracting features"):
+        res = run_probe(checkpoint, data, split, out_dir, kind=protocol, head=head, k=k, epochs=epochs, lr=lr,
+                        batch_size=batch_size, person_pool=person_pool, device=device, random_init=random_init,
+                        preset=preset, seed=seed, cache=not no_cache, on_epoch=on_epoch)
+    table = Table(title=f"skel probe {protocol}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("encoder", _source(checkpoint, random_init))
+    table.add_row("method / epoch", f"{res['method']} / {res['epoch']}")
+    table.add_row("data", f"{res['dataset']} {split} ({res['n_train']} train, {res['n_test']} test, {res['num_classes']} classes)")
+    table.add_row("protocol", f"{protocol}" + (f" ({head})" if protocol == "linear" else f" (k={res.get('k')})"))
+    if head == "sgd" and protocol == "linear":
+        table.add_row("top-1 last epoch", _fmt(res["last_top1"]))
+        table.add_row("top-1 best epoch", f"{_fmt(res['best_top1'])} (epoch {res['best_epoch']})")
+    else:
+        table.add_row("top-1", _fmt(res["top1"]))
+    table.add_row("top-5", _fmt(res["top5"]))
+    table.add_row("mean class accuracy", _fmt(res["mean_class"]))
+    table.add_row("run folder", str(out_dir))
+    console.print(table)
+    if res.get("converged") is False:
+        err_console.print("warning: logistic regression did not converge within max_iter")
+    _write_json(json_out, res)
+
+
+@command("retrieve")
+def retrieve(
+    checkpoint: Optional[Path] = _ckpt_opt,
+    data: Path = _data_opt,
+    split: str = _split_opt,
+    k: int = typer.Option(1, "--k", help="Neighbours for the retrieval accuracy (spec H: 1)."),
+    precision_k: str = typer.Option("1,5,10", "--precision-k", help="Comma-separated k values for precision@k."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    person_pool: Optional[str] = typer.Option(None, "--person-pool", help="mean | mean_valid | concat (default from the method)."),
+    device: str = _device_opt,
+    random_init: bool = _random_opt,
+    preset: str = _preset_opt,
+    seed: int = typer.Option(0, "--seed"),
+    no_cache: bool = typer.Option(False, "--no-cache"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: next to the checkpoint)."),
+    json_out: Optional[Path] = _json_opt,
+) -> None:
+    """Action retrieval: train split = gallery, test split = queries, cosine similarity.
+
+    Example:  skel retrieve --checkpoint runs/mamp/last.pt --data data/ntu60.h5 --split xsub --k 1 --json retrieval.json
+    """
+    from rich.table import Table
+
+    from skelcli.errors import SkelError
+    from skelcli.eval.retrieval import run_retrieval
+
+    try:
+        ks = [int(x) for x in precision_k.split(",") if x.strip()]
+    except ValueError:
+        raise SkelError(f"--precision-k must be comma-separated integers, got {precision_k!r}") from None
+    out_dir = out or _default_out(checkpoint, f"retrieve-{split}{'-random' if random_init else ''}")
+    with console.status("retrieve: extracting features"):
+        res = run_retrieval(checkpoint, data, split, out_dir, k=k, ks=ks, batch_size=batch_size, person_pool=person_pool,
+                            device=device, random_init=random_init, preset=preset, seed=seed, cache=not no_cache)
+    table = Table(title="skel retrieve", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("encoder", _source(checkpoint, random_init))
+    table.add_row("data", f"{res['dataset']} {split} (gallery {res['n_gallery']}, queries {res['n_query']})")
+    table.add_row(f"top-1 (k={res['k']})", _fmt(res["top1"]))
+    table.add_row("mAP", _fmt(res["mAP"]))
+    for kk, v in res["precision_at"].items():
+        table.add_row(f"precision@{kk}", _fmt(v))
+    if res["queries_without_match"]:
+        table.add_row("queries without a match", str(res["queries_without_match"]))
+    table.add_row("run folder", str(out_dir))
+    console.print(table)
+    _write_json(json_out, res)
+
+
+@command("finetune")
+def finetune(
+    checkpoint: Optional[Path] = _ckpt_opt,
+    data: Path = _data_opt,
+    split: str = _split_opt,
+    preset: str = typer.Option("paper", "--preset", help="paper (MAMP recipe, spec C.2) | small (CPU-sized)."),
+    label_fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Semi-supervised: fraction of training labels, e.g. 0.01 or 0.1."),
+    balanced: bool = typer.Option(False, "--balanced", help="Stratified subset with at least one clip per class."),
+    repeats: int = typer.Option(1, "--repeats", help="Run N seeds (seed, seed+1, ...) and report mean and std."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Random-initialised encoder, same recipe (layer decay 1.0)."),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Carve this fraction of training clips out for model selection."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the preset's epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the preset's batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the preset's peak learning rate."),
+    seed: int = typer.Option(0, "--seed"),
+    subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="Keep one label subset for every repeat."),
+    device: str = _device_opt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: next to the checkpoint)."),
+    json_out: Optional[Path] = _json_opt,
+) -> None:
+    """Fine-tune encoder + head end to end; semi-supervised, transfer and from-scratch variants.
+
+    Example:  skel finetune -c runs/mamp/last.pt -d data/ntu60.h5 --split xsub --preset paper
+    Semi:     skel finetune -c runs/mamp/last.pt -d data/ntu60.h5 --label-fraction 0.01 --balanced --repeats 5
+    Transfer: skel finetune -c runs/ntu120/last.pt -d data/pku_v2.h5 --split xsub
+    Baseline: skel finetune -c runs/mamp/last.pt -d data/ntu60.h5 --from-scratch
+    """
+    from rich.table import Table
+
+    from skelcli.eval.finetune import FinetuneSettings, run_finetune
+
+    overrides: dict[str, Any] = dict(FinetuneSettings.preset(preset))
+    overrides.update({"label_fraction": label_fraction, "balanced": balanced, "repeats": repeats, "from_scratch": from_scratch,
+                      "val_fraction": val_fraction, "seed": seed, "subset_seed": subset_seed, "device": device})
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            overrides[key] = value
+    if label_fraction is not None:
+        from skelcli.eval.finetune import check_fraction
+
+        check_fraction(label_fraction)
+    settings = FinetuneSettings(**overrides)
+    tag = "scratch" if from_scratch else "finetune"
+    frac = f"-frac{label_fraction:g}" if label_fraction is not None else ""
+    out_dir = out or _default_out(checkpoint, f"{tag}-{split}{frac}")
+
+    def on_epoch(repeat: int, epoch: int, row: dict[str, Any]) -> None:
+        extra = f", val {100 * row['val_top1']:.2f} %" if "val_top1" in row else ""
+        console.print(f"  repeat {repeat + 1}/{settings.repeats} epoch {epoch + 1}/{settings.epochs}: "
+                      f"loss {row['loss']:.4f}, test top-1 {100 * row['test_top1']:.2f} %{extra}")
+
+    res = run_finetune(checkpoint, data, split, settings, out_dir, preset=preset, on_epoch=on_epoch,
+                       warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    table = Table(title=f"skel finetune ({'from scratch' if from_scratch else 'pretrained'})", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    pre = res["pretrain"]
+    table.add_row("encoder", "random init" if from_scratch else str(checkpoint))
+    table.add_row("pretrained on", f"{pre['dataset']} ({pre['num_classes']} classes, {pre['method']})" if pre["method"] else "-")
+    fd = res["finetune_data"]
+    table.add_row("fine-tuned on", f"{fd['dataset']} {split} ({fd['num_classes']} classes, {res['runs'][0]['train_clips']} training clips)")
+    if label_fraction is not None:
+        table.add_row("label fraction", f"{label_fraction:g}{' (balanced)' if balanced else ''}")
+
+    def ms(d: dict[str, float]) -> str:
+        return f"{100 * d['mean']:.2f} %" + (f" ± {100 * d['std']:.2f}" if settings.repeats > 1 else "")
+
+    table.add_row("top-1 last epoch", ms(res["last_top1"]))
+    table.add_row("top-1 best epoch", ms(res["best_top1"]))
+    if "test_top1_at_val_best" in res:
+        table.add_row("top-1 at best val epoch", ms(res["test_top1_at_val_best"]))
+    table.add_row("repeats", str(settings.repeats))
+    table.add_row("run folder", str(out_dir))
+    console.print(table)
+    _write_json(json_out, res)

@@ -1,0 +1,350 @@
+"""End-to-end fine-tuning, semi-supervised subsets, transfer and the from-scratch baseline (issue 6).
+
+Recipe ``--preset paper`` = MAMP fine-tuning (spec/mamp-and-data.md C.2): drop path 0.3, head
+dropout 0.3, layer-wise lr decay 0.8 (:func:`~skelcli.eval.heads.layer_decay_multipliers`), label
+smoothing 0.1, AdamW (0.9, 0.999) wd 0.05 without decay on 1-D parameters, lr 3e-4 -> 1e-5 per-iteration
+cosine after 5 warmup epochs, 100 epochs, batch 48; training view = random crop 0.5-1 + rotation 0.3
+rad, test view = centre crop 0.95. From scratch uses layer decay 1.0 (``script_finetune_scratch.sh``).
+SLiM checkpoints (pool ``cls_mean``) get one linear head on [CLS || mean patch] (spec/slim.md 5.3)
+and keep their own input length (64 frames).
+
+Semi-supervised (spec C.3): the subset is a pure function of (labels, fraction, seed, balanced), so
+every process and every repeat with the same seed draws the same clips — unlike the reference, which
+seeds per rank. ``balanced`` = stratified with at least one clip per class (SLiM's choice).
+
+Reported per run: last-epoch and best-epoch test top-1 (the papers report the best epoch on the test
+set), with ``val_fraction`` > 0 also the test top-1 at the epoch that was best on the carved-out
+validation split; per-class accuracy and the confusion matrix of the last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from skelcli.errors import SkelError
+from skelcli.settings import StrictModel
+
+
+class FinetuneSettings(StrictModel):
+    """Fine-tuning recipe; defaults = ``--preset paper`` (spec C.2)."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(48, ge=2)
+    lr: float = Field(3e-4, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_epochs: float = Field(5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = Field(0.8, gt=0, le=1)
+    drop_path: float = Field(0.3, ge=0, lt=1)
+    head_dropout: float = Field(0.3, ge=0, lt=1)
+    head_hidden: int = Field(2048, ge=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    crop_min: float = Field(0.5, gt=0, le=1)
+    crop_max: float = Field(1.0, gt=0, le=1)
+    min_crop_frames: int = Field(64, ge=1)
+    rotation: float = Field(0.3, ge=0)
+    test_crop: float = Field(0.95, gt=0, le=1)
+    label_fraction: float | None = Field(None, description="train on this fraction of the training split (0, 1]")
+    balanced: bool = Field(False, description="stratified subset with at least one clip per class")
+    subset_seed: int | None = Field(None, description="fix the subset across repeats (default: each repeat's seed)")
+    repeats: int = Field(1, ge=1)
+    seed: int = 0
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    from_scratch: bool = False
+    device: str = "auto"
+    eval_batch_size: int = Field(128, ge=1)
+
+    @classmethod
+    def preset(cls, name: str) -> dict[str, Any]:
+        if name == "paper":
+            return {}
+        if name == "small":
+            # CPU-sized: same recipe shape, fewer epochs, smaller batch and head, shorter warmup.
+            return {"epochs": 10, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 1, "head_hidden": 256, "drop_path": 0.1, "min_crop_frames": 16}
+        raise SkelError(f"unknown preset {name!r}; available: paper, small")
+
+
+def small_encoder_config():
+    """The encoder of the pretraining ``small`` preset (used by --from-scratch without a checkpoint)."""
+    from skelcli.models.encoder import EncoderConfig
+
+    try:
+        from skelcli.methods.mae import SMALL_ENCODER
+    except ImportError:  # pragma: no cover - the methods package is part of the project
+        SMALL_ENCODER = {"num_frames": 32, "t_patch": 4, "dim": 64, "depth": 3, "heads": 4}
+    return EncoderConfig(**SMALL_ENCODER)
+
+
+# ------------------------------------------------------------------------------------ subsets
+def check_fraction(fraction: float) -> None:
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 < fraction <= 1):
+        raise SkelError(f"label fraction must be in (0, 1], got {fraction}")
+
+
+def select_subset(labels: np.ndarray, fraction: float, seed: int, *, balanced: bool = False, num_classes: int | None = None) -> np.ndarray:
+    """Indices (sorted, int64) of a labelled subset of a training split.
+
+    Plain: a seeded shuffle, keep the first max(1, int(n * fraction)) (spec C.3, without the per-rank
+    seed quirk). Balanced: per class max(1, round(n_c * fraction)) clips drawn at random. Depends only on
+    its arguments (numpy PCG64 with ``seed``), hence identical across processes and repeats.
+    """
+    check_fraction(fraction)
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    if not balanced:
+        keep = max(1, int(n * fraction))
+        return np.sort(rng.permutation(n)[:keep]).astype(np.int64)
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(len(members) * fraction)))
+        picked.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def missing_classes(labels: np.ndarray, subset: np.ndarray, num_classes: int) -> list[int]:
+    """Classes present in the full training split but with no clip in ``subset``."""
+    full = set(np.unique(labels).tolist())
+    have = set(np.unique(np.asarray(labels)[subset]).tolist())
+    return sorted(c for c in full - have if c < num_classes)
+
+
+def carve_validation(indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` into (train, val) with round(n * fraction) (at least 1) validation clips."""
+    if fraction <= 0:
+        return indices, indices[:0]
+    n = len(indices)
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 2:
+        raise SkelError(f"--val-fraction {fraction} leaves {n - n_val} training clips out of {n}")
+    perm = np.random.default_rng(seed + 7919).permutation(n)
+    return np.sort(indices[perm[n_val:]]), np.sort(indices[perm[:n_val]])
+
+
+# ------------------------------------------------------------------------------------ training
+def evaluate_logits(model: torch.nn.Module, split, *, batch_size: int, device: torch.device, test_crop: float) -> np.ndarray:
+    """Logits (n, classes) of a split under the test view (centre crop, no rotation)."""
+    from skelcli.data.clips import test_view
+    from skelcli.eval.features import iter_batches
+
+    model.eval()
+    frames = model.encoder.config.num_frames
+    out = []
+    with torch.inference_mode(), _autocast(device):
+        for idx in iter_batches(len(split), batch_size):
+            batch = split.batch(idx, device)
+            out.append(model(test_view(batch, frames, test_crop)).float().cpu().numpy())
+    return np.concatenate(out, axis=0)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def finetune_once(
+    encoder_config,
+    encoder_state: dict[str, torch.Tensor] | None,
+    train,
+    test,
+    num_classes: int,
+    settings: FinetuneSettings,
+    *,
+    seed: int,
+    val=None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune one encoder + head. ``train``/``test``/``val`` are SplitData; ``encoder_state`` None =
+    random init. Returns history, last/best metrics and the trained model (key "model")."""
+    from skelcli.data.clips import train_view
+    from skelcli.engine.schedule import LRSchedule
+    from skelcli.eval.features import iter_batches, resolve_device
+    from skelcli.eval.heads import FinetuneModel, finetune_param_groups, head_config_for
+    from skelcli.eval.report import classification_metrics
+    from skelcli.models.encoder import SkeletonEncoder
+    from skelcli.settings import DataSettings
+
+    s = settings
+    dev = resolve_device(s.device)
+    torch.manual_seed(seed)
+    cfg = encoder_config.model_copy(update={"drop_path": s.drop_path})
+    encoder = SkeletonEncoder(cfg)
+    if encoder_state is not None:
+        encoder.load_state_dict(encoder_state)
+    model = FinetuneModel(encoder, head_config_for(encoder, num_classes, s.head_dropout, s.head_hidden)).to(dev)
+    layer_decay = 1.0 if encoder_state is None else s.layer_decay
+    opt = torch.optim.AdamW(finetune_param_groups(model, s.weight_decay, layer_decay), lr=s.lr, betas=s.betas)
+    n = len(train)
+    batch_size = min(s.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)  # drop_last, as the reference loaders
+    sched = LRSchedule(opt, lr=s.lr, min_lr=s.min_lr, warmup_epochs=s.warmup_epochs, epochs=s.epochs,
+                       steps_per_epoch=steps_per_epoch, weight_decay=s.weight_decay)
+    aug = DataSettings(crop_min=s.crop_min, crop_max=s.crop_max, min_crop_frames=s.min_crop_frames, rotation=s.rotation)
+    gen = torch.Generator().manual_seed(seed)
+    order_rng = np.random.default_rng(seed)
+    frames = cfg.num_frames
+    history: list[dict[str, Any]] = []
+    best_logits, best_top1, best_epoch = None, -1.0, -1
+    sel_val, sel_epoch, sel_test = -1.0, -1, None
+    step = 0
+    t0 = time.perf_counter()
+    for epoch in range(s.epochs):
+        model.train()
+        perm = order_rng.permutation(n)
+        losses = []
+        for idx in list(iter_batches(n, batch_size))[:steps_per_epoch]:
+            batch = train.batch(perm[idx], dev)
+            views = train_view(batch, frames, aug, generator=gen)
+            sched.apply(step)
+            with _autocast(dev):
+                logits = model(views)
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch.label, label_smoothing=s.label_smoothing)
+            if not torch.isfinite(loss):
+                raise SkelError(f"non-finite fine-tuning loss at step {step} (epoch {epoch + 1}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        logits = evaluate_logits(model, test, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop)
+        top1 = float((logits.argmax(1) == test.labels).mean())
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "test_top1": top1}
+        if top1 > best_top1:
+            best_logits, best_top1, best_epoch = logits, top1, epoch + 1
+        if val is not None and len(val):
+            vl = evaluate_logits(model, val, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop)
+            row["val_top1"] = float((vl.argmax(1) == val.labels).mean())
+            if row["val_top1"] > sel_val:
+                sel_val, sel_epoch, sel_test = row["val_top1"], epoch + 1, top1
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    last = classification_metrics(logits, test.labels, num_classes)
+    best = classification_metrics(best_logits, test.labels, num_classes)
+    out: dict[str, Any] = {
+        "seed": seed, "n_train": n, "n_test": len(test), "epochs": s.epochs, "steps": step,
+        "last_top1": last["top1"], "last_top5": last["top5"], "best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best_epoch,
+        "per_class": last["per_class"], "mean_class": last["mean_class"], "confusion": last["confusion"],
+        "history": history, "seconds": time.perf_counter() - t0, "model": model.cpu(),
+    }
+    if val is not None and len(val):
+        out.update({"n_val": len(val), "val_best_top1": sel_val, "val_best_epoch": sel_epoch, "test_top1_at_val_best": sel_test})
+    return out
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": float(statistics.fmean(values)), "std": float(statistics.stdev(values)) if len(values) > 1 else 0.0}
+
+
+def run_finetune(
+    checkpoint: str | Path | None,
+    data_path: str | Path,
+    protocol: str,
+    settings: FinetuneSettings,
+    out_dir: str | Path,
+    *,
+    preset: str = "paper",
+    on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Full ``skel finetune``: load checkpoint and data, draw subsets, run ``repeats`` seeds, write the
+    run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary."""
+    from skelcli.engine.checkpoint import load_encoder, save_checkpoint
+    from skelcli.eval.features import data_fingerprint, data_info, load_split
+    from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
+    from skelcli.settings import to_jsonable
+
+    s = settings
+    if s.label_fraction is not None:
+        check_fraction(s.label_fraction)
+    out_dir = Path(out_dir)
+    dinfo = data_info(data_path)
+    num_classes = int(dinfo.num_classes)
+    pretrain: dict[str, Any] = {"checkpoint": None, "method": None, "dataset": None, "num_classes": None, "epoch": None}
+    if checkpoint is not None:
+        encoder, einfo, ckpt = load_encoder(checkpoint)
+        check_head_classes(ckpt, num_classes, checkpoint, data_path)
+        pretrain = {"checkpoint": str(checkpoint), "method": einfo.method, "dataset": einfo.dataset,
+                    "num_classes": einfo.num_classes, "epoch": einfo.epoch}
+        encoder_config = encoder.config
+        state = None if s.from_scratch else {k: v.clone() for k, v in encoder.state_dict().items()}
+    elif s.from_scratch:
+        from skelcli.models.encoder import EncoderConfig
+
+        encoder_config = small_encoder_config() if preset == "small" else EncoderConfig()
+        state = None
+    else:
+        raise SkelError("--checkpoint is required unless --from-scratch is given")
+    train_all = load_split(data_path, protocol, "train")
+    test = load_split(data_path, protocol, "test")
+    runs = []
+    warnings_out: list[str] = []
+    for r in range(s.repeats):
+        seed = s.seed + r
+        idx = np.arange(len(train_all))
+        if s.label_fraction is not None:
+            sub_seed = s.subset_seed if s.subset_seed is not None else seed
+            idx = select_subset(train_all.labels, s.label_fraction, sub_seed, balanced=s.balanced, num_classes=num_classes)
+            miss = missing_classes(train_all.labels, idx, num_classes)
+            if miss:
+                msg = (f"label fraction {s.label_fraction} (seed {sub_seed}) leaves {len(miss)} class(es) without a training clip: "
+                       f"{', '.join(map(str, miss[:20]))}{' ...' if len(miss) > 20 else ''}; use --balanced for at least one clip per class")
+                warnings_out.append(msg)
+                if warn is not None:
+                    warn(msg)
+        tr_idx, val_idx = carve_validation(idx, s.val_fraction, seed)
+        train = train_all.subset(tr_idx)
+        val = train_all.subset(val_idx) if len(val_idx) else None
+        res = finetune_once(encoder_config, state, train, test, num_classes, s, seed=seed, val=val,
+                            on_epoch=(lambda e, row, _r=r: on_epoch(_r, e, row)) if on_epoch else None)
+        run_dir = out_dir if s.repeats == 1 else out_dir / f"repeat-{r}"
+        files = save_confusion(res.pop("confusion"), run_dir, class_names=getattr(dinfo, "class_names", None))
+        model = res.pop("model")
+        ckpt_path = save_checkpoint(run_dir / "finetuned.pt", {
+            "method": pretrain["method"] or "scratch",
+            "settings": {"finetune": to_jsonable(s), "preset": preset},
+            "encoder_config": to_jsonable(model.encoder.config),
+            "encoder": model.encoder.state_dict(),
+            "head": model.head.state_dict(),
+            "head_config": model.head_config,
+            "pretraining_only": [],
+            "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol, "fingerprint": data_fingerprint(data_path)},
+            "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
+            "epoch": s.epochs,
+            "step": res["steps"],
+        })
+        res.update({"repeat": r, "train_clips": int(len(tr_idx)), "confusion_files": files, "checkpoint": str(ckpt_path)})
+        runs.append(jsonable_metrics(res))
+    summary: dict[str, Any] = {
+        "protocol": "finetune", "preset": preset, "from_scratch": s.from_scratch, "split": protocol,
+        "finetune_data": {"path": str(data_path), "dataset": dinfo.dataset, "num_classes": num_classes},
+        "pretrain": pretrain, "label_fraction": s.label_fraction, "balanced": s.balanced, "repeats": s.repeats,
+        "best_top1": _mean_std([r["best_top1"] for r in runs]), "last_top1": _mean_std([r["last_top1"] for r in runs]),
+        "warnings": warnings_out, "settings": to_jsonable(s), "runs": runs,
+    }
+    if s.val_fraction > 0:
+        summary["test_top1_at_val_best"] = _mean_std([r["test_top1_at_val_best"] for r in runs])
+    write_json(out_dir / "metrics.json", summary)
+    return summary
+
+
+def check_head_classes(ckpt: dict[str, Any], num_classes: int, checkpoint, data_path) -> None:
+    """A fine-tuned checkpoint's head must match the data file's class count."""
+    head_cfg = ckpt.get("head_config")
+    if head_cfg and int(head_cfg.get("num_classes", num_classes)) != num_classes:
+        raise SkelError(
+            f"{checkpoint}: fine-tuned head has {head_cfg['num_classes']} classes but {data_path} has {num_classes}"
+        )
