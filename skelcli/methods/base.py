@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
+from skelcli.settings import DataSettings
 
 _REGISTRY: dict[str, type["PretrainMethod"]] = {}
 
@@ -108,6 +109,8 @@ class PretrainMethod(nn.Module):
         super().__init__()
         self.settings = settings
         self.data = data
+        # Augmentation parameters of the run (crop, rotation); the engine sets the run's DataSettings.
+        self.data_settings: DataSettings = DataSettings()
         self.encoder = SkeletonEncoder(settings.encoder)
 
     @property

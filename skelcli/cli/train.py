@@ -1,0 +1,73 @@
+"""`skel pretrain`: self-supervised pretraining of one registered method on a prepared file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from skelcli.cli._app import command, console
+
+
+@command("pretrain")
+def pretrain_cmd(
+    method: Optional[str] = typer.Option(None, "--method", help="Method: mae | mamp | gfp | slim (any registered method)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared HDF5 file (skel prepare)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Protocol of the file to train on: xsub, xview, xset (default xsub)."),
+    preset: str = typer.Option("paper", "--preset", help="paper (the published recipe) | small (CPU-sized, for tests and the demo)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file (sections method, data, optim, runtime)."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override one field, e.g. --set optim.lr=5e-4 (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (optim.epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size (data.batch_size)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (runtime.device)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (runtime.seed)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<method>-<split>)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest valid checkpoint in --out) or a checkpoint path."),
+    force: bool = typer.Option(False, "--force", help="Use a run folder that holds another configuration (starts over)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result summary as JSON to this file."),
+) -> None:
+    """Pretrain an encoder with a self-supervised method.
+
+    Example:  skel pretrain --method mamp --data data/ntu60.h5 --split xsub --preset small --epochs 5 --out runs/mamp
+
+    Continue an interrupted run:  skel pretrain --method mamp --data data/ntu60.h5 --out runs/mamp --resume auto
+
+    The run folder gets settings.json, metrics.jsonl, last.pt (every epoch) and checkpoint-NNNN.pt.
+    Ctrl-C / SIGTERM saves last.pt at the next step and exits; --resume auto picks it up.
+    """
+    from rich.table import Table
+
+    from skelcli.engine.config import resolve_pretrain_settings
+    from skelcli.engine.train import pretrain
+
+    settings = resolve_pretrain_settings(
+        method, preset, None, config, overrides, data, split, epochs=epochs, batch_size=batch_size, device=device, seed=seed
+    )
+    run_dir = out or Path("runs") / f"{settings.method.name}-{settings.data.split}"
+    result = pretrain(settings, run_dir, resume=resume, force=force, progress=not no_progress, console=console)
+    for note in result.skipped_checkpoints:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+
+    table = Table(title=f"skel pretrain {result.method}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("run folder", str(result.run_dir))
+    if result.resumed_from is not None:
+        table.add_row("resumed from", str(result.resumed_from))
+    table.add_row("epochs", f"{result.epochs} / {settings.optim.epochs}")
+    table.add_row("steps", str(result.steps))
+    table.add_row("final loss", f"{result.final_loss:.4f}")
+    table.add_row("time", f"{result.seconds:.1f} s")
+    table.add_row("samples/s", f"{result.samples_per_s:.1f}")
+    table.add_row("data wait", f"{100 * result.data_wait_share:.1f} % of the time")
+    table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"settings": json.loads(settings.model_dump_json()), "result": result.to_json()}, indent=2) + "\n")
+    if result.interrupted is not None:
+        console.print(f"[yellow]interrupted by {result.interrupted}[/]: checkpoint saved; continue with --resume auto --out {result.run_dir}")
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)

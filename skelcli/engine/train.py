@@ -1,0 +1,458 @@
+"""The pretraining loop shared by every method (DESIGN.md "Training engine"; spec/mamp-and-data.md B).
+
+``pretrain(settings, out_dir)`` builds the method from the registry, reads the training split with
+``ClipDataset.from_store`` / ``ClipLoader``, and runs AdamW (``method.param_groups``) with a
+per-iteration warmup + cosine (:class:`~skelcli.engine.schedule.LRSchedule`), bf16 autocast on CUDA
+(fp32 on CPU), optional ``torch.compile`` and gradient clipping.
+
+Run folder ``out_dir``:
+
+* ``settings.json`` -- the resolved settings; a folder holding a different configuration is refused
+  unless ``force``;
+* ``metrics.jsonl`` -- one JSON object per ``log_every`` steps (``kind="step"``: epoch, step, loss
+  terms, lr, samples/s, data-wait share) and per epoch (``kind="epoch"``);
+* ``last.pt`` every epoch (and on SIGINT/SIGTERM, at the next step boundary), ``checkpoint-{epoch:04d}.pt``
+  every ``checkpoint_every`` epochs and at the end. Checkpoints hold everything needed for an exact
+  resume (model, optimizer, schedule, RNG states, epoch, step, batches done in the epoch).
+
+Resume restores all of that and replays the same data order (``loader.set_epoch``; a mid-epoch
+checkpoint skips the batches already trained on), so on CPU with a fixed seed a resumed run ends
+with the same parameters as an uninterrupted one. ``rank`` / ``world_size`` are explicit: rank 0
+alone prints, logs and writes checkpoints, the global batch is split over ranks (DDP comes later).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skelcli.engine.checkpoint import load_checkpoint, save_checkpoint
+from skelcli.engine.config import PretrainSettings
+from skelcli.engine.schedule import LRSchedule
+from skelcli.errors import SkelError
+from skelcli.settings import to_jsonable
+
+# Fields that may change between a run and its resume without making it "a different configuration".
+_VOLATILE = {("runtime", "device"), ("runtime", "precision"), ("runtime", "compile"), ("runtime", "log_every")}
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished (or interrupted) run."""
+
+    run_dir: Path
+    method: str
+    epochs: int
+    steps: int
+    final_loss: float
+    seconds: float
+    samples_per_s: float
+    data_wait_share: float
+    checkpoint: Path | None
+    interrupted: str | None = None
+    resumed_from: Path | None = None
+    skipped_checkpoints: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("run_dir", "checkpoint", "resumed_from"):
+            out[key] = None if out[key] is None else str(out[key])
+        return out
+
+
+# ---------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SkelError("--device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA by default, plain fp32 on CPU (DESIGN.md)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as checkpoint-safe types (tensors, lists, numbers)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        path = prefix + (key,)
+        if path[:2] in _VOLATILE:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, path)
+        elif a != b:
+            out.append(".".join(path))
+    return out
+
+
+def data_fingerprint(path: Path, info: Any, split: str, n_train: int) -> dict[str, Any]:
+    """What identifies the training data: file size, sample count, split size (detects a changed file)."""
+    return {"size": Path(path).stat().st_size, "num_samples": int(info.num_samples), "split": split, "train_samples": int(n_train)}
+
+
+def _checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """Newest first: last.pt (written every epoch and on interruption), then checkpoint-NNNN.pt by number."""
+    numbered = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: p.name, reverse=True)
+    return ([run_dir / "last.pt"] if (run_dir / "last.pt").exists() else []) + numbered
+
+
+def find_resume_checkpoint(run_dir: Path, method: str) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """``--resume auto``: the newest checkpoint of ``run_dir`` that loads and verifies.
+
+    Returns (path, checkpoint, notes on skipped files); (None, None, notes) when there is none.
+    """
+    notes: list[str] = []
+    for path in _checkpoint_candidates(run_dir):
+        try:
+            ckpt = load_checkpoint(path)
+        except SkelError as exc:
+            notes.append(f"skipped {path.name}: {exc}")
+            continue
+        if "model" not in ckpt or "optimizer" not in ckpt:
+            notes.append(f"skipped {path.name}: holds no training state")
+            continue
+        return path, ckpt, notes
+    return None, None, notes
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM -> finish the current step, checkpoint, return. A second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _call(callbacks, event: str, info: dict[str, Any]) -> None:
+    for cb in callbacks or ():
+        fn = getattr(cb, event, None)
+        if fn is not None:
+            fn(info)
+
+
+# ---------------------------------------------------------------------------- the loop
+def pretrain(
+    settings: PretrainSettings,
+    out_dir: Path,
+    *,
+    resume: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    callbacks: list[Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    console: Any = None,
+) -> TrainResult:
+    """Pretrain ``settings.method`` on ``settings.data`` into ``out_dir`` (see the module docstring).
+
+    resume: None (fresh run), "auto" (newest valid checkpoint in ``out_dir``, a fresh run if none)
+    or a checkpoint path. callbacks: objects with optional ``on_step_end(info)`` /
+    ``on_epoch_end(info)``; ``info`` holds ``method``, ``epoch``, ``step``, ``loss``.
+    Raises SkelError on bad input and on a non-finite loss (naming the step; the last good
+    checkpoint is kept).
+    """
+    from skelcli.data.loader import ClipDataset, ClipLoader
+    from skelcli.data.store import open_info
+    from skelcli.methods.base import DatasetInfo, get_method
+
+    out_dir = Path(out_dir)
+    is_main = rank == 0
+    cfg = settings
+    resolved = to_jsonable(cfg)
+    method_name = cfg.method.name
+    if cfg.data.path is None:
+        raise SkelError("no data file: pass --data FILE.h5 (or set data.path)")
+    data_path = Path(cfg.data.path)
+    info = open_info(data_path)
+    if cfg.data.split not in info.protocols:
+        raise SkelError(f"{data_path.name} has no split {cfg.data.split!r}; available: {', '.join(sorted(info.protocols)) or 'none'}")
+
+    # ------------------------------------------------------------ run folder
+    settings_file = out_dir / "settings.json"
+    resume_path: Path | None = None
+    ckpt: dict[str, Any] | None = None
+    notes: list[str] = []
+    if resume == "auto":
+        if out_dir.is_dir():
+            resume_path, ckpt, notes = find_resume_checkpoint(out_dir, method_name)
+    elif resume is not None:
+        resume_path = Path(resume)
+        ckpt = load_checkpoint(resume_path)
+    if ckpt is not None:
+        if ckpt.get("method") != method_name:
+            raise SkelError(f"{resume_path}: checkpoint of method {ckpt.get('method')!r}, cannot resume a {method_name!r} run")
+        if "model" not in ckpt:
+            raise SkelError(f"{resume_path}: checkpoint holds no training state (model/optimizer)")
+        diff = _differences(ckpt.get("settings", {}), resolved)
+        if diff and not force:
+            raise SkelError(f"{resume_path}: written with different settings ({', '.join(diff[:5])}); use --force to resume anyway")
+    if settings_file.exists() and not force:
+        old = json.loads(settings_file.read_text())
+        diff = _differences(old, resolved)
+        if diff:
+            raise SkelError(f"run folder {out_dir} holds a different configuration ({', '.join(diff[:5])}); use --force or another --out")
+        if ckpt is None and _checkpoint_candidates(out_dir):
+            raise SkelError(f"run folder {out_dir} already holds checkpoints; use --resume auto to continue or --force to start over")
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            for old_file in list(out_dir.glob("checkpoint-*.pt")) + [out_dir / "last.pt", out_dir / "metrics.jsonl"]:
+                old_file.unlink(missing_ok=True)
+        settings_file.write_text(json.dumps(resolved, indent=2) + "\n")
+
+    # ------------------------------------------------------------ data
+    device = resolve_device(cfg.runtime.device)
+    if cfg.data.batch_size % world_size:
+        raise SkelError(f"batch size {cfg.data.batch_size} is not divisible by {world_size} processes")
+    local_batch = cfg.data.batch_size // world_size
+    dataset = ClipDataset.from_store(
+        data_path, cfg.data.split, "train", limit=cfg.data.limit, memory_budget_gb=cfg.data.memory_budget_gb
+    )
+    loader = ClipLoader(
+        dataset, local_batch, shuffle=True, drop_last=True, seed=cfg.runtime.seed, device=device, rank=rank, world_size=world_size
+    )
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SkelError(f"split {cfg.data.split!r} has {len(dataset)} training clips, fewer than one batch of {cfg.data.batch_size}")
+    fingerprint = data_fingerprint(data_path, info, cfg.data.split, len(dataset))
+    if ckpt is not None and not force:
+        old_fp = (ckpt.get("data") or {}).get("fingerprint")
+        if old_fp is not None and old_fp != fingerprint:
+            raise SkelError(f"{data_path} changed since the run started (fingerprint {old_fp} -> {fingerprint}); use --force to resume anyway")
+
+    # ------------------------------------------------------------ model, optimizer, schedule
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(cfg.runtime.seed)  # same init on every rank
+    method_cls = get_method(method_name)
+    method = method_cls(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
+    method.data_settings = cfg.data
+    optimizer = torch.optim.AdamW(method.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    schedule = LRSchedule(
+        optimizer, lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.optim.epochs,
+        steps_per_epoch=steps_per_epoch, weight_decay=cfg.optim.weight_decay, weight_decay_end=cfg.optim.weight_decay_end,
+    )
+    seed_everything(cfg.runtime.seed + rank)
+    start_epoch, step, skip_batches = 0, 0, 0
+    if ckpt is not None:
+        method.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt.get("scheduler", {}))
+        set_rng_state(ckpt["rng"])
+        start_epoch, step, skip_batches = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt.get("batch_in_epoch", 0))
+    model_fn = torch.compile(method) if cfg.runtime.compile else method
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    data_meta = {"dataset": info.dataset, "num_classes": int(info.num_classes), "split": cfg.data.split, "fingerprint": fingerprint}
+
+    def payload(epochs_done: int, batch_in_epoch: int) -> dict[str, Any]:
+        enc = method.downstream_encoder()
+        return {
+            "method": method_name,
+            "settings": resolved,
+            "encoder_config": enc.config.model_dump(mode="json"),
+            "encoder": enc.state_dict(),
+            "pretraining_only": list(method.pretraining_only),
+            "data": data_meta,
+            "epoch": epochs_done,
+            "step": step,
+            "batch_in_epoch": batch_in_epoch,
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "rng": rng_state(),
+        }
+
+    # ------------------------------------------------------------ logging
+    metrics_fh = open(out_dir / "metrics.jsonl", "a") if is_main else None
+
+    def log(record: dict[str, Any]) -> None:
+        if metrics_fh is not None:
+            metrics_fh.write(json.dumps(record) + "\n")
+            metrics_fh.flush()
+
+    bar = None
+    if is_main and progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"), TextColumn("{task.fields[rate]} samples/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        )
+        task = bar.add_task(f"pretrain {method_name}", total=total_steps, completed=step, loss="-", lr="-", rate="-")
+        bar.start()
+
+    last_ckpt: Path | None = resume_path
+    final_loss = float("nan")
+    samples_seen = 0
+    wait_total = 0.0
+    t_start = time.perf_counter()
+    interrupted: str | None = None
+    epochs_done = start_epoch
+    try:
+        with _StopSignal() as stop:
+            for epoch in range(start_epoch, cfg.optim.epochs):
+                method.train()
+                method.on_epoch_start(epoch)
+                loader.set_epoch(epoch)
+                epoch_loss, epoch_steps, epoch_wait, epoch_t0 = 0.0, 0, 0.0, time.perf_counter()
+                window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
+                batch_in_epoch = 0
+                batches = iter(loader)
+                while True:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    wait = time.perf_counter() - t0
+                    if batch is None:
+                        break
+                    if batch_in_epoch < skip_batches:  # mid-epoch resume: these were trained on already
+                        batch_in_epoch += 1
+                        continue
+                    lr = schedule.apply(step)
+                    with autocast_for(device, cfg.runtime.precision):
+                        out = model_fn(batch)
+                    loss = out["loss"]
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
+                        log({"kind": "error", "epoch": epoch, "step": step, "loss": loss_value, "error": "non-finite loss"})
+                        raise SkelError(f"non-finite loss ({loss_value}) at step {step} (epoch {epoch}); training stopped{where}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.optim.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                    method.after_step(step, total_steps)
+                    step += 1
+                    batch_in_epoch += 1
+                    n = len(batch) * world_size
+                    samples_seen += n
+                    window_samples += n
+                    wait_total += wait
+                    window_wait += wait
+                    epoch_wait += wait
+                    epoch_loss += loss_value
+                    epoch_steps += 1
+                    final_loss = loss_value
+                    if step % cfg.runtime.log_every == 0 or batch_in_epoch == steps_per_epoch:
+                        dt = max(time.perf_counter() - window_t0, 1e-9)
+                        rate = window_samples / dt
+                        terms = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+                        log({"kind": "step", "epoch": epoch, "step": step, **terms, "lr": lr, "samples_per_s": rate,
+                             "data_wait_share": window_wait / dt, **method.log_metrics()})
+                        if bar is not None:
+                            bar.update(task, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f}")
+                        window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
+                    if bar is not None:
+                        bar.update(task, completed=step)
+                    _call(callbacks, "on_step_end", {"method": method, "epoch": epoch, "step": step, "loss": loss_value})
+                    if stop.received is not None and batch_in_epoch < steps_per_epoch:
+                        interrupted = stop.received
+                        break
+                skip_batches = 0
+                if interrupted is not None:
+                    if is_main:
+                        last_ckpt = save_checkpoint(out_dir / "last.pt", payload(epoch, batch_in_epoch))
+                    log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
+                    break
+                epochs_done = epoch + 1
+                epoch_time = time.perf_counter() - epoch_t0
+                if is_main:
+                    last_ckpt = save_checkpoint(out_dir / "last.pt", payload(epochs_done, 0))
+                    if epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs:
+                        save_checkpoint(out_dir / f"checkpoint-{epochs_done:04d}.pt", payload(epochs_done, 0))
+                log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss / max(epoch_steps, 1),
+                     "seconds": epoch_time, "samples_per_s": epoch_steps * cfg.data.batch_size / max(epoch_time, 1e-9),
+                     "data_wait_share": epoch_wait / max(epoch_time, 1e-9)})
+                _call(callbacks, "on_epoch_end", {"method": method, "epoch": epoch, "step": step, "loss": final_loss})
+                if stop.received is not None:
+                    interrupted = stop.received
+                    log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
+                    break
+    finally:
+        if bar is not None:
+            bar.stop()
+        if metrics_fh is not None:
+            metrics_fh.close()
+        close = getattr(loader, "close", None)
+        if callable(close):
+            close()
+
+    seconds = time.perf_counter() - t_start
+    return TrainResult(
+        run_dir=out_dir,
+        method=method_name,
+        epochs=epochs_done,
+        steps=step,
+        final_loss=final_loss,
+        seconds=seconds,
+        samples_per_s=samples_seen / max(seconds, 1e-9),
+        data_wait_share=wait_total / max(seconds, 1e-9),
+        checkpoint=last_ckpt,
+        interrupted=interrupted,
+        resumed_from=resume_path,
+        skipped_checkpoints=notes,
+    )
+
+
+__all__ = ["TrainResult", "pretrain", "find_resume_checkpoint", "resolve_device", "rng_state", "set_rng_state"]

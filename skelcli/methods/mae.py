@@ -1,0 +1,179 @@
+"""Masked skeleton modeling: the shared MAE-style method and plain MAE (spec/mamp-and-data.md A.6-A.8).
+
+:class:`MaskedSkeletonModel` holds everything MAE and MAMP share: the view (``clips.train_view``
+crop 0.5-1 / min 64 frames, resize, rotation 0.3 in train mode), persons as independent
+sequences (N, M, T, V, C) -> (N*M, T, V, C) with empty persons included (spec A.1, 0.4), masking,
+the encoder over the visible tokens only, :class:`~skelcli.methods.decoder.MaskedDecoder` over all
+tokens, per-patch target normalisation and the masked-token MSE. Subclasses choose the target
+(:meth:`MaskedSkeletonModel.target`) and the masking (:meth:`MaskedSkeletonModel.make_mask`).
+
+MAE (the "standard masked skeleton modeling" baseline, spec A.8): uniform random masking, target =
+patched raw coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from skelcli.methods.base import ClipBatch, DatasetInfo, PretrainMethod, register
+from skelcli.methods.decoder import DecoderConfig, MaskedDecoder
+from skelcli.models.encoder import EncoderConfig, patchify
+from skelcli.models.masking import MaskResult, random_masking
+from skelcli.settings import StrictModel
+
+# Per-dataset recipe values (spec A.6 tau; A.7 decoder depth).
+_TAU = {"ntu60": 0.80, "ntu120": 0.75, "pku-mmd-v1": 0.80, "pku-mmd-v2": 0.80}
+_DECODER_DEPTH = {"ntu60": 3, "ntu120": 5, "pku-mmd-v1": 5, "pku-mmd-v2": 5}
+
+
+def dataset_tau(dataset: str) -> float:
+    """MAMP's motion-aware temperature for a dataset (spec A.6: 0.80 NTU60/PKU, 0.75 NTU120)."""
+    return _TAU.get(dataset, 0.80)
+
+
+def dataset_decoder_depth(dataset: str) -> int:
+    """MAMP's decoder depth for a dataset (spec A.7: 3 NTU60, 5 NTU120 and PKU)."""
+    return _DECODER_DEPTH.get(dataset, 3)
+
+
+def recipe_preset(preset: str, dataset: str) -> dict[str, Any]:
+    """Data/optim/runtime sections of the MAMP recipe shared by the masked-modeling methods.
+
+    ``paper`` = spec B exactly (400 epochs, batch 128, AdamW (0.9, 0.95), wd 0.05, lr 1e-3 -> 5e-4,
+    20 warmup epochs, no clipping, checkpoint every 20 epochs). ``small`` = a CPU-sized variant for
+    tests and the demo (32 frames of 4-frame patches, width 64, a few epochs). Other methods (GFP)
+    reuse it so demo comparisons share one schedule.
+    """
+    if preset == "paper":
+        return {
+            "data": {"batch_size": 128, "crop_min": 0.5, "crop_max": 1.0, "min_crop_frames": 64, "rotation": 0.3},
+            "optim": {"lr": 1e-3, "min_lr": 5e-4, "betas": (0.9, 0.95), "weight_decay": 0.05,
+                      "warmup_epochs": 20, "epochs": 400, "grad_clip": None},
+            "runtime": {"checkpoint_every": 20},
+        }
+    if preset == "small":
+        return {
+            "data": {"batch_size": 32, "crop_min": 0.5, "crop_max": 1.0, "min_crop_frames": 64, "rotation": 0.3},
+            "optim": {"lr": 2e-3, "min_lr": 5e-4, "betas": (0.9, 0.95), "weight_decay": 0.05,
+                      "warmup_epochs": 1, "epochs": 8, "grad_clip": None},
+            "runtime": {"checkpoint_every": 4, "log_every": 5},
+        }
+    from skelcli.errors import SkelError
+
+    raise SkelError(f"unknown preset {preset!r}; available: paper, small")
+
+
+SMALL_ENCODER = {"num_frames": 32, "t_patch": 4, "dim": 64, "depth": 3, "heads": 4}
+SMALL_DECODER = {"dim": 64, "depth": 1, "heads": 4}
+
+
+class MaskedModelingSettings(StrictModel):
+    """Settings shared by MAE and MAMP; defaults = the MAMP paper model (spec A.5, A.7, B)."""
+
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    mask_ratio: float = Field(0.9, gt=0, lt=1, description="fraction of tokens masked; 74 of 750 stay visible at 0.9")
+    norm_target: bool = Field(True, description="normalise each target patch by its mean and unbiased variance (norm_skes_loss)")
+    norm_eps: float = Field(1e-6, gt=0)
+
+    @classmethod
+    def preset(cls, preset: str, dataset: str) -> dict[str, Any]:
+        out = recipe_preset(preset, dataset)
+        method: dict[str, Any] = {"decoder": {"depth": dataset_decoder_depth(dataset)}}
+        if preset == "small":
+            method = {"encoder": dict(SMALL_ENCODER), "decoder": dict(SMALL_DECODER)}
+        out["method"] = method
+        return out
+
+
+class MAESettings(MaskedModelingSettings):
+    """Plain MAE on skeletons: random masking, coordinate target (spec A.8, ``model_mae``)."""
+
+    name: Literal["mae"] = "mae"
+
+
+def normalize_patches(y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(y - mean) / sqrt(var + eps) over the last axis, var unbiased (spec A.8 norm_skes_loss).
+
+    y: (B, L, l*C). An all-zero patch stays zero.
+    """
+    mean = y.mean(dim=-1, keepdim=True)
+    var = y.var(dim=-1, keepdim=True, unbiased=True)
+    return (y - mean) / torch.sqrt(var + eps)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per token, averaged over masked tokens only (spec A.8).
+
+    pred, target: (B, L, l*C); mask: (B, L) with 1 = masked. Returns sum(mask * e) / sum(mask)
+    over the whole batch, so each masked token weighs the same.
+    """
+    err = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    return (err * mask).sum() / mask.sum()
+
+
+class MaskedSkeletonModel(PretrainMethod):
+    """Shared MAE/MAMP machinery; subclasses define :meth:`target` and may override :meth:`make_mask`."""
+
+    pretraining_only: ClassVar[tuple[str, ...]] = ("decoder",)
+
+    def __init__(self, settings: MaskedModelingSettings, data: DatasetInfo) -> None:
+        super().__init__(settings, data)
+        enc = settings.encoder
+        self.decoder = MaskedDecoder(enc.dim, enc.num_segments, enc.num_joints, enc.t_patch * enc.in_chans, settings.decoder)
+
+    # ----------------------------------------------------------------- hooks
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token regression target before normalisation: (B, T, V, C) -> (B, L, l*C)."""
+        raise NotImplementedError
+
+    def make_mask(self, x: torch.Tensor) -> MaskResult:
+        """Which tokens to hide; x: (B, T, V, C). Uniform random by default (MAE)."""
+        cfg = self.settings.encoder
+        return random_masking(x.shape[0], cfg.num_tokens, self.settings.mask_ratio, x.device)
+
+    # ----------------------------------------------------------------- forward
+    def view(self, batch: ClipBatch) -> torch.Tensor:
+        """Raw clips -> model input (N, M, T, V, C): random crop/resize/rotation in train mode
+        (spec E via ``clips.train_view``), the centre test crop otherwise."""
+        from skelcli.data import clips
+
+        frames = self.settings.encoder.num_frames
+        if self.training:
+            return clips.train_view(batch, frames, self.data_settings)
+        return clips.test_view(batch, frames, self.data_settings.test_crop)
+
+    def reconstruct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss on an already-augmented batch. x: (N, M, T, V, C) -> {"loss", "pred", "target", "mask"}.
+
+        Persons become independent sequences (N*M, T, V, C), row n*M + m (spec A.1).
+        """
+        x = x.flatten(0, 1).float()
+        with torch.no_grad():
+            target = self.target(x)
+            if self.settings.norm_target:
+                target = normalize_patches(target, self.settings.norm_eps)
+            mask = self.make_mask(x)
+        latent = self.encoder.forward_features(x, ids_keep=mask.ids_keep)
+        pred = self.decoder(latent, mask.ids_restore)
+        loss = masked_mse(pred, target, mask.mask)
+        return {"loss": loss, "pred": pred, "target": target, "mask": mask.mask}
+
+    def forward(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
+        out = self.reconstruct(self.view(batch))
+        return {"loss": out["loss"]}
+
+
+@register
+class MAE(MaskedSkeletonModel):
+    """MAE baseline: random masking, target = patched coordinates (spec A.8 ``model_mae``)."""
+
+    name: ClassVar[str] = "mae"
+    settings_cls: ClassVar[type] = MAESettings
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return patchify(x, self.settings.encoder.t_patch).reshape(b, -1, self.settings.encoder.t_patch * x.shape[-1])

@@ -1,0 +1,208 @@
+"""The training engine: schedule, settings resolution, exact resume, resilience (issue 3 item 4, issue 7 item 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from skelcli.engine.checkpoint import load_checkpoint
+from skelcli.engine.config import resolve_pretrain_settings
+from skelcli.engine.schedule import LRSchedule, cosine_value, warmup_cosine
+from skelcli.engine.train import find_resume_checkpoint, pretrain
+from skelcli.errors import SkelError
+
+TINY = [
+    "method.encoder.num_frames=8", "method.encoder.t_patch=4", "method.encoder.dim=16", "method.encoder.depth=1",
+    "method.encoder.heads=2", "method.decoder.dim=16", "method.decoder.depth=1", "method.decoder.heads=2",
+    "data.batch_size=3", "data.min_crop_frames=8", "optim.epochs=3", "optim.warmup_epochs=1",
+    "runtime.checkpoint_every=1", "runtime.log_every=1", "runtime.device=\"cpu\"",
+]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """A tiny genuine prepared file: `skel synth` raw files -> `skel prepare` (9 xsub training clips).
+
+    Until `skel prepare` is registered, the same files go through the real NTU reader and store writer.
+    """
+    import numpy as np
+
+    from skelcli.cli._app import app
+    from skelcli.data import ntu, store
+
+    root = tmp_path_factory.mktemp("data")
+    runner = CliRunner()
+    r = runner.invoke(app, ["synth", "ntu60", "--out", str(root / "raw"), "--classes", "3", "--subjects", "2", "--setups", "1",
+                            "--replications", "1", "--min-frames", "40", "--max-frames", "80", "--no-faults", "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    out = root / "tiny.h5"
+    if any(c.name == "prepare" for c in app.registered_commands):
+        r = runner.invoke(app, ["prepare", "ntu60", "--raw", str(root / "raw"), "--out", str(out), "--workers", "1"])
+        assert r.exit_code == 0, r.output
+        return out
+    cfg = ntu.NtuPrepareSettings.for_dataset("ntu60")
+    loaded = [ntu.load_sample(p, cfg) for p in sorted((root / "raw").glob("*.skeleton"))]
+    samples = [store.Sample(s.meta.name, s.joints, s.meta.label, s.meta.setup, s.meta.camera, s.meta.subject,
+                            s.meta.replication, s.num_actors) for s in loaded]
+    meta = {k: np.array([getattr(s.meta, k) for s in loaded]) for k in ("subject", "camera", "setup")}
+    store.write_store(out, samples, dataset="ntu60", num_classes=60,
+                      splits=ntu.ntu_splits("ntu60", meta["subject"], meta["camera"], meta["setup"]),
+                      rejected=[], preprocessing=cfg.model_dump(), source={"raw": "synthetic"}, force=False)
+    return out
+
+
+def _settings(data_file: Path, method: str = "mamp", extra: list[str] | None = None):
+    return resolve_pretrain_settings(method, "small", None, None, TINY + (extra or []), data_file, "xsub")
+
+
+# ------------------------------------------------------------------ schedule
+def test_warmup_cosine_at_hand_computed_points():
+    # paper recipe: lr 1e-3 -> min 5e-4, 20 warmup epochs of 400 (spec B)
+    assert warmup_cosine(0.0, 1e-3, 5e-4, 20, 400) == 0.0
+    assert warmup_cosine(10.0, 1e-3, 5e-4, 20, 400) == pytest.approx(5e-4)
+    assert warmup_cosine(20.0, 1e-3, 5e-4, 20, 400) == pytest.approx(1e-3)
+    assert warmup_cosine(210.0, 1e-3, 5e-4, 20, 400) == pytest.approx(7.5e-4)  # half-way: cos(pi/2) = 0
+    assert warmup_cosine(400.0, 1e-3, 5e-4, 20, 400) == pytest.approx(5e-4)
+    assert cosine_value(0, 100, 0.994, 1.0) == pytest.approx(0.994)
+    assert cosine_value(50, 100, 0.994, 1.0) == pytest.approx(0.997)
+    assert cosine_value(100, 100, 0.994, 1.0) == pytest.approx(1.0)
+    assert cosine_value(5, 100, 1.0, 0.0, warmup_steps=10, warmup_start=0.0) == pytest.approx(0.5)
+
+
+def test_lr_schedule_per_step_and_group_scale_and_wd_cosine():
+    w = torch.nn.Parameter(torch.zeros(2, 2))
+    b = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([
+        {"params": [w], "weight_decay": 0.04, "lr_scale": 0.5, "apply_wd": True},
+        {"params": [b], "weight_decay": 0.0, "lr_scale": 1.0, "apply_wd": False},
+    ], lr=1.0)
+    sched = LRSchedule(opt, lr=1e-3, min_lr=0.0, warmup_epochs=1, epochs=3, steps_per_epoch=10,
+                       weight_decay=0.04, weight_decay_end=0.4)
+    sched.apply(5)  # epoch 0.5 of 1 warmup epoch
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 5e-4)
+    assert opt.param_groups[1]["lr"] == pytest.approx(5e-4)
+    sched.apply(20)  # epoch 2: half-way through the cosine (1 of 2 epochs)
+    assert opt.param_groups[1]["lr"] == pytest.approx(5e-4)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.04 + (0.4 - 0.04) * (1 - math.cos(math.pi * 20 / 30)) / 2)
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+
+
+# ------------------------------------------------------------------ settings
+def test_presets_and_resolution_order(tmp_path):
+    paper = resolve_pretrain_settings("mamp", "paper", "ntu120")
+    assert (paper.optim.epochs, paper.data.batch_size, paper.optim.lr, paper.optim.min_lr) == (400, 128, 1e-3, 5e-4)
+    assert (paper.optim.betas, paper.optim.weight_decay, paper.optim.warmup_epochs) == ((0.9, 0.95), 0.05, 20)
+    assert (paper.method.tau, paper.method.decoder.depth, paper.method.mask_ratio) == (0.75, 5, 0.9)
+    ntu60 = resolve_pretrain_settings("mamp", "paper", "ntu60")
+    assert (ntu60.method.tau, ntu60.method.decoder.depth) == (0.80, 3)
+    assert resolve_pretrain_settings("mamp", "paper", "pku-mmd-v1").method.tau == 0.80
+    toml = tmp_path / "run.toml"
+    toml.write_text('[optim]\nepochs = 7\nlr = 2e-4\n[method]\nmask_ratio = 0.8\n')
+    s = resolve_pretrain_settings("mae", "small", "ntu60", toml, ["optim.lr=3e-4"], None, None, epochs=9)
+    assert s.method.name == "mae" and s.method.mask_ratio == 0.8 and s.method.encoder.dim == 64
+    assert s.optim.lr == 3e-4 and s.optim.epochs == 9  # --set beats TOML, a CLI flag beats --set
+
+
+def test_unknown_field_in_toml_fails_naming_it(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[optim]\nlearning_rate = 1e-3\n")
+    with pytest.raises(SkelError, match=r"optim\.learning_rate"):
+        resolve_pretrain_settings("mamp", "small", "ntu60", toml)
+    with pytest.raises(SkelError, match="unknown method 'nope'"):
+        resolve_pretrain_settings("nope", "small", "ntu60")
+
+
+# ------------------------------------------------------------------ training
+class _Signal:
+    """Send ourselves SIGTERM after a given step (a real signal through the real handler)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, info) -> None:
+        if info["step"] == self.at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_run_folder_checkpoints_and_metrics(data_file, tmp_path):
+    s = _settings(data_file)
+    res = pretrain(s, tmp_path / "run", progress=False)
+    assert (res.epochs, res.steps) == (3, 9) and math.isfinite(res.final_loss)
+    run = tmp_path / "run"
+    assert json.loads((run / "settings.json").read_text())["method"]["name"] == "mamp"
+    assert sorted(p.name for p in run.glob("*.pt")) == ["checkpoint-0001.pt", "checkpoint-0002.pt", "checkpoint-0003.pt", "last.pt"]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 9 and ckpt["method"] == "mamp"
+    assert ckpt["data"]["dataset"] == "ntu60" and ckpt["data"]["split"] == "xsub"
+    assert ckpt["pretraining_only"] == ["decoder"] and set(ckpt["encoder"]) <= {k[len("encoder."):] for k in ckpt["model"]}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if x["kind"] == "step"]
+    assert [x["step"] for x in steps] == list(range(1, 10))
+    assert {"loss", "lr", "samples_per_s", "data_wait_share", "epoch"} <= set(steps[0])
+    assert [x["epoch"] for x in lines if x["kind"] == "epoch"] == [0, 1, 2]
+    # the same folder with another configuration is refused; the same one without --resume too
+    with pytest.raises(SkelError, match="different configuration.*optim.lr"):
+        pretrain(_settings(data_file, extra=["optim.lr=1e-2"]), run, progress=False)
+    with pytest.raises(SkelError, match="already holds checkpoints"):
+        pretrain(s, run, progress=False)
+    # another method's checkpoint cannot be resumed
+    with pytest.raises(SkelError, match="method 'mamp'"):
+        pretrain(_settings(data_file, "mae"), tmp_path / "other", resume=run / "last.pt", progress=False)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(data_file, tmp_path):
+    s = _settings(data_file)
+    full = pretrain(s, tmp_path / "full", progress=False)
+    # stop at an epoch boundary (after step 3 = end of epoch 0) and mid-epoch (after step 5 of 9)
+    for name, at in (("boundary", 3), ("mid", 5)):
+        run = tmp_path / name
+        part = pretrain(s, run, progress=False, callbacks=[_Signal(at)])
+        assert part.interrupted == "SIGTERM" and part.steps == at
+        assert load_checkpoint(run / "last.pt")["step"] == at
+        done = pretrain(s, run, resume="auto", progress=False)
+        assert done.resumed_from == run / "last.pt" and done.steps == full.steps
+        a, b = _params(full.checkpoint), _params(run / "last.pt")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(data_file, tmp_path):
+    run = tmp_path / "run"
+    pretrain(_settings(data_file), run, progress=False)
+    for name in ("last.pt", "checkpoint-0003.pt"):  # both files of the final epoch are damaged
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 2])
+    path, ckpt, notes = find_resume_checkpoint(run, "mamp")
+    assert path == run / "checkpoint-0002.pt" and ckpt["epoch"] == 2
+    assert sum("truncated or corrupt" in n for n in notes) == 2
+    res = pretrain(_settings(data_file), run, resume="auto", progress=False)
+    assert res.resumed_from == run / "checkpoint-0002.pt" and res.epochs == 3 and len(res.skipped_checkpoints) == 2
+    assert load_checkpoint(run / "last.pt")["step"] == 9
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_file, tmp_path):
+    class Poison:
+        def on_epoch_end(self, info) -> None:
+            if info["epoch"] == 0:
+                with torch.no_grad():
+                    info["method"].encoder.patch_embed.weight.fill_(float("nan"))
+
+    run = tmp_path / "run"
+    with pytest.raises(SkelError, match=r"non-finite loss \(nan\) at step 3 .*last\.pt|non-finite loss \(nan\) at step 3 .*checkpoint-0001"):
+        pretrain(_settings(data_file), run, progress=False, callbacks=[Poison()])
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "error"
