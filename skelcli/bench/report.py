@@ -1,0 +1,303 @@
+"""Run the benchmark, compute the claimed ratios, and render / save the report.
+
+JSON schema ``skelcli.benchmark`` version 1 (every key documented in docs/benchmarks.md)::
+
+    {schema, schema_version, manifest{...}, conventions{...},
+     methods{name: {status, note, params, encoder_params, input_frames, tokens,
+                    train{...}|null, inference{...}|null, flops{...}|null}},
+     ratios[{key, title, numerator, denominator, paper, claim, wall_clock, flops, verdict}],
+     baseline{...}|null, end_to_end{...}|null, prepare{...}|null}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from skelcli.bench.flops import CONVENTION, PERSONS_PER_SAMPLE
+from skelcli.bench.throughput import (
+    BenchConfig,
+    build_method,
+    manifest,
+    measure_flops,
+    measure_inference,
+    measure_reference,
+    measure_training,
+    method_registry,
+    resolve_device,
+)
+from skelcli.errors import SkelError
+
+SCHEMA = "skelcli.benchmark"
+SCHEMA_VERSION = 1
+TOP_KEYS = ("schema", "schema_version", "manifest", "conventions", "methods", "ratios", "baseline", "end_to_end", "prepare")
+METHOD_KEYS = ("status", "note", "params", "encoder_params", "input_frames", "tokens", "train", "inference", "flops")
+RATIO_KEYS = ("key", "title", "numerator", "denominator", "paper", "claim", "wall_clock", "flops", "verdict")
+
+#: the three claims checked in one run: (key, title, numerator method, denominator method, paper, claim kind)
+CLAIMS = (
+    ("gfp_vs_mamp_training", "GFP vs MAMP training speed", "gfp", "mamp", 6.2, "wall_clock"),  # spec/gfp.md 4.2
+    ("slim_vs_mamp_inference", "SLiM vs MAMP inference cost", "slim", "mamp", 7.89, "flops"),  # spec/slim.md 5.2
+    ("mae_inference_vs_pretrain_encoder", "MAE inference vs MAE pretraining encoder", "mae", "mae", 14.38, "flops"),  # spec/slim.md 5.2
+)
+TOLERANCE = 0.15  # "reproduced" if within ~15% of the paper or better
+
+
+def verdict(measured: float | None, paper: float, kind: str) -> str:
+    """One line: reproduced if ``measured >= (1 - TOLERANCE) * paper``."""
+    if measured is None or not math.isfinite(measured):
+        return "not measured (a method of this ratio did not run)"
+    label = "wall-clock" if kind == "wall_clock" else "FLOPs"
+    if measured >= (1 - TOLERANCE) * paper:
+        return f"reproduced: {label} ratio {measured:.2f}x vs paper {paper:.2f}x"
+    return f"not reproduced on this device: measured {measured:.2f}x vs paper {paper:.2f}x ({label})"
+
+
+def _get(d: dict | None, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def compute_ratios(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper ratios from results measured in this run (spec/ecosystem.md 6.4 point 5)."""
+    out = []
+    for key, title, num, den, paper, kind in CLAIMS:
+        a, b = methods.get(num, {}), methods.get(den, {})
+        if key == "gfp_vs_mamp_training":
+            wall = _div(_get(a, "train", "samples_per_s"), _get(b, "train", "samples_per_s"))
+            flops = _div(_get(b, "flops", "train_forward_g"), _get(a, "flops", "train_forward_g"))
+        elif key == "slim_vs_mamp_inference":
+            wall = _div(_get(a, "inference", "throughput", "samples_per_s"), _get(b, "inference", "throughput", "samples_per_s"))
+            flops = _div(_get(b, "flops", "inference_g"), _get(a, "flops", "inference_g"))
+        else:
+            wall = _div(_get(a, "inference", "masked_encoder", "samples_per_s"), _get(a, "inference", "throughput", "samples_per_s"))
+            flops = _div(_get(a, "flops", "inference_g"), _get(a, "flops", "train_forward_by_module_g", "encoder"))
+        measured = wall if kind == "wall_clock" else flops
+        out.append({"key": key, "title": title, "numerator": num, "denominator": den, "paper": paper, "claim": kind,
+                    "wall_clock": wall, "flops": flops, "verdict": verdict(measured, paper, kind)})
+    return out
+
+
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Measure everything ``cfg`` asks for and return the versioned report dict."""
+    from skelcli.models.encoder import count_parameters
+
+    device = resolve_device(cfg.device)
+    cfg = cfg.resolved(device)
+    torch.manual_seed(cfg.seed)
+    _, registered = method_registry()
+    methods: dict[str, dict[str, Any]] = {}
+    built: dict[str, Any] = {}
+    for name in cfg.methods:
+        entry: dict[str, Any] = {k: None for k in METHOD_KEYS}
+        if name not in registered:
+            entry.update(status="skipped", note=f"method {name!r} is not registered in this build (available: {', '.join(registered)})")
+            methods[name] = entry
+            log(f"[yellow]skip[/] {name}: not registered")
+            continue
+        try:
+            method, settings = build_method(name, cfg.preset, cfg.dataset, device)
+            enc = method.downstream_encoder().config
+            entry.update(status="ok", note="", params=count_parameters(method),
+                         encoder_params=count_parameters(method.downstream_encoder()),
+                         input_frames=enc.num_frames, tokens=enc.num_tokens)
+            if cfg.flops:
+                log(f"{name}: counting FLOPs")
+                entry["flops"] = measure_flops(method, device)
+            log(f"{name}: timing the training step (batch {cfg.batch_size})")
+            entry["train"] = measure_training(method, settings, cfg, device)
+            log(f"{name}: timing inference")
+            entry["inference"] = measure_inference(method, cfg, device)
+            built[name] = method
+        except SkelError:
+            raise
+        except Exception as exc:  # one broken method must not sink the others' numbers
+            entry.update(status="failed", note=f"{type(exc).__name__}: {exc}")
+            log(f"[red]fail[/] {name}: {type(exc).__name__}: {exc}")
+        methods[name] = entry
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    baseline = None
+    if cfg.baseline_impl == "reference":
+        mamp = built.get("mamp")
+        depth = mamp.settings.decoder.depth if mamp is not None else 3
+        tau = mamp.settings.tau if mamp is not None else 0.80
+        from skelcli.models.encoder import EncoderConfig
+
+        enc_cfg = mamp.settings.encoder if mamp is not None else EncoderConfig()
+        log("reference: timing the straightforward fp32 eager MAMP step")
+        baseline = measure_reference(cfg, device, depth, tau, enc_cfg)
+        ours = _get(methods.get("mamp"), "train", "samples_per_s")
+        baseline["ours_over_reference"] = _div(ours, baseline["samples_per_s"])
+    elif cfg.baseline_impl not in (None, ""):
+        raise SkelError(f"unknown --baseline-impl {cfg.baseline_impl!r}; the only one is 'reference'")
+
+    end_to_end = None
+    if cfg.end_to_end is not None:
+        from skelcli.bench.throughput import measure_end_to_end
+
+        end_to_end = measure_end_to_end(cfg, device, [m for m in cfg.methods if methods[m]["status"] == "ok"], log)
+    prepare = None
+    if cfg.prepare is not None:
+        from skelcli.bench.throughput import measure_prepare
+
+        prepare = measure_prepare(cfg.prepare, log)
+
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "manifest": manifest(cfg, device),
+        "conventions": {"flops": CONVENTION, "persons_per_sample": PERSONS_PER_SAMPLE, "giga": 1e9,
+                        "macs": "MACs = FLOPs / 2", "timing": "median and IQR over repeats of ms per step",
+                        "ratio_tolerance": TOLERANCE},
+        "methods": methods,
+        "ratios": compute_ratios(methods),
+        "baseline": baseline,
+        "end_to_end": end_to_end,
+        "prepare": prepare,
+    }
+
+
+# ----------------------------------------------------------------------------- output
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def _f(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
+
+
+def _render_methods(report: dict[str, Any], methods: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    t = Table(title="Training step (model only, synthetic clips on the device)")
+    for col in ("method", "params (M)", "batch", "ms/step (median)", "IQR ms", "samples/s", "peak MB"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for name, m in methods.items():
+        if m["status"] != "ok":
+            t.add_row(name, "-", "-", "-", "-", "-", f"{m['status']}: {m['note']}"[:60])
+            continue
+        tr = m["train"]
+        t.add_row(name, _f(m["params"] / 1e6), str(tr["batch_size"]), _f(tr["ms_per_step"]["median_ms"], "{:.1f}"),
+                  _f(tr["ms_per_step"]["iqr_ms"], "{:.1f}"), _f(tr["samples_per_s"]), _f(tr["peak_memory_mb"], "{:.0f}"))
+    console.print(t)
+
+    t = Table(title="Inference (downstream encoder, full clips, 2 persons/sample)")
+    for col in ("method", "frames", "tokens", "batch-1 ms", "batch", "samples/s", "masked enc samples/s"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for name, m in methods.items():
+        if m["status"] != "ok":
+            continue
+        inf = m["inference"]
+        t.add_row(name, str(inf["input_frames"]), str(inf["tokens"]), _f(inf["latency_batch1"]["median_ms"], "{:.1f}"),
+                  str(inf["throughput"]["batch_size"]), _f(inf["throughput"]["samples_per_s"]),
+                  _f(_get(inf, "masked_encoder", "samples_per_s")))
+    console.print(t)
+
+    t = Table(title="GFLOPs per sample (measured | paper)", caption=report["conventions"]["flops"])
+    for col in ("method", "encoder (pretrain)", "decoder", "target net", "teacher", "heads", "other",
+                "train fwd", "train fwd+bwd", "inference"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for name, m in methods.items():
+        fl = m.get("flops")
+        if not fl:
+            continue
+        mods = fl["train_forward_by_module_g"]
+        paper = fl["paper_g"] if report["manifest"].get("preset") == "paper" else {}
+
+        def cell(key: str, paper_key: str | None = None) -> str:
+            v, p = mods.get(key), paper.get(paper_key or key)
+            return f"{_f(v)} | {_f(p)}" if p is not None else _f(v)
+
+        t.add_row(name, cell("encoder", "encoder_pretrain"), cell("decoder"), cell("target_network"), cell("teacher"),
+                  cell("heads"), cell("other"), _f(fl["train_forward_g"]), _f(fl["train_step_g"]),
+                  f"{_f(fl['inference_g'])} | {_f(paper['inference'])}" if "inference" in paper else _f(fl["inference_g"]))
+    console.print(t)
+
+    t = Table(title="Paper ratios, measured in this run")
+    for col in ("claim", "paper", "wall-clock", "FLOPs", "verdict"):
+        t.add_column(col)
+    for r in report["ratios"]:
+        t.add_row(r["title"], f"{r['paper']}x", _f(r["wall_clock"], "{:.2f}x"), _f(r["flops"], "{:.2f}x"), r["verdict"])
+    console.print(t)
+
+
+def render(report: dict[str, Any], console) -> None:
+    """Rich tables: training, inference, FLOPs by module next to the paper, ratios, manifest."""
+    from rich.table import Table
+
+    methods = report["methods"]
+    if methods:
+        _render_methods(report, methods, console)
+    if report.get("baseline"):
+        b = report["baseline"]
+        console.print(f"reference eager MAMP step: {_f(b['ms_per_step']['median_ms'], '{:.1f}')} ms/step, "
+                      f"{_f(b['samples_per_s'])} samples/s; ours / reference throughput = {_f(b.get('ours_over_reference'), '{:.2f}x')}")
+    e2e = report.get("end_to_end")
+    if e2e:
+        t = Table(title=f"End to end ({e2e.get('data')})")
+        for col in ("method", "steps", "samples/s", "data wait %", "paper schedule", "projected hours"):
+            t.add_column(col)
+        for name, r in e2e.get("methods", {}).items():
+            t.add_row(name, str(r.get("steps")), _f(r.get("samples_per_s")), _f(r.get("data_wait_fraction", 0) * 100, "{:.0f}"),
+                      r.get("schedule", ""), _f(r.get("projected_hours")))
+        console.print(t)
+    prep = report.get("prepare")
+    if prep:
+        console.print(f"prepare: {prep['files']} files, {_f(prep['mb'])} MB in {_f(prep['seconds'])} s = "
+                      f"{_f(prep['files_per_s'])} files/s, {_f(prep['mb_per_s'])} MB/s")
+
+    man = report["manifest"]
+    t = Table(title="Manifest", show_header=False)
+    for k in ("device", "torch", "precision", "compile", "batch_size", "inference_batch_size", "threads", "load_average",
+              "preset", "package_version", "git_commit"):
+        t.add_row(k, str(man.get(k)))
+    console.print(t)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Bar charts: training samples/s, inference samples/s, GFLOPs per sample (matplotlib extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SkelError("--plot needs matplotlib (the optional 'plot' extra): pip install matplotlib") from None
+    ok = {n: m for n, m in report["methods"].items() if m["status"] == "ok"}
+    names = list(ok)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    axes[0].bar(names, [ok[n]["train"]["samples_per_s"] for n in names], color="tab:blue")
+    axes[0].set_title("training samples/s")
+    axes[1].bar(names, [ok[n]["inference"]["throughput"]["samples_per_s"] for n in names], color="tab:green")
+    axes[1].set_title("inference samples/s")
+    width = 0.4
+    xs = range(len(names))
+    axes[2].bar([x - width / 2 for x in xs], [_get(ok[n], "flops", "train_forward_g") or 0 for n in names], width, label="train fwd")
+    axes[2].bar([x + width / 2 for x in xs], [_get(ok[n], "flops", "inference_g") or 0 for n in names], width, label="inference")
+    axes[2].set_xticks(list(xs), names)
+    axes[2].set_title("GFLOPs / sample")
+    axes[2].legend()
+    man = report["manifest"]
+    fig.suptitle(f"{man['device']} | {man['precision']} | batch {man['batch_size']} | torch {man['torch']}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
