@@ -28,6 +28,12 @@ def pretrain_cmd(
     force: bool = typer.Option(False, "--force", help="Use a run folder that holds another configuration (starts over)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result summary as JSON to this file."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, help="Run N processes on this machine: re-launches itself through torchrun --standalone."
+    ),
+    max_device_batch: Optional[int] = typer.Option(
+        None, "--max-device-batch", min=1, help="Largest micro-batch per process; above it gradients are accumulated."
+    ),
 ) -> None:
     """Pretrain an encoder with a self-supervised method.
 
@@ -35,19 +41,40 @@ def pretrain_cmd(
 
     Continue an interrupted run:  skel pretrain --method mamp --data data/ntu60.h5 --out runs/mamp --resume auto
 
+    Several processes (DDP; --batch-size stays the global batch):
+    torchrun --standalone --nproc-per-node 4 -m skelcli pretrain --method mamp --data data/ntu60.h5 --out runs/mamp
+    or the shortcut  skel pretrain --nproc 4 ...  (see docs/scaling.md).
+
     The run folder gets settings.json, metrics.jsonl, last.pt (every epoch) and checkpoint-NNNN.pt.
     Ctrl-C / SIGTERM saves last.pt at the next step and exits; --resume auto picks it up.
     """
+    import os
+    import sys
+
     from rich.table import Table
 
     from skelcli.engine.config import resolve_pretrain_settings
+    from skelcli.engine.dist import init_distributed, quiet_non_main, relaunch_with_torchrun, shutdown, strip_option
     from skelcli.engine.train import pretrain
+    from skelcli.errors import SkelError
 
     settings = resolve_pretrain_settings(
         method, preset, None, config, overrides, data, split, epochs=epochs, batch_size=batch_size, device=device, seed=seed
     )
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if "pretrain" not in sys.argv[1:]:
+            raise SkelError("--nproc re-launches the command line through torchrun; run it as `skel pretrain ... --nproc N`")
+        relaunch_with_torchrun(nproc, strip_option(sys.argv[1:], "--nproc"))
+    ctx = init_distributed(settings.runtime.device)
+    quiet_non_main(ctx)
     run_dir = out or Path("runs") / f"{settings.method.name}-{settings.data.split}"
-    result = pretrain(settings, run_dir, resume=resume, force=force, progress=not no_progress, console=console)
+    try:
+        result = pretrain(
+            settings, run_dir, resume=resume, force=force, progress=not no_progress, console=console, ctx=ctx,
+            max_per_device_batch=max_device_batch,
+        )
+    finally:
+        shutdown(ctx)
     for note in result.skipped_checkpoints:
         console.print(f"[yellow]warning:[/] {note}", highlight=False)
 
@@ -59,13 +86,16 @@ def pretrain_cmd(
         table.add_row("resumed from", str(result.resumed_from))
     table.add_row("epochs", f"{result.epochs} / {settings.optim.epochs}")
     table.add_row("steps", str(result.steps))
+    table.add_row("processes", str(result.world_size))
+    table.add_row("global batch", f"{result.global_batch} ({result.per_process_batch} per process, "
+                  f"{result.accumulation} accumulation step(s))")
     table.add_row("final loss", f"{result.final_loss:.4f}")
     table.add_row("time", f"{result.seconds:.1f} s")
     table.add_row("samples/s", f"{result.samples_per_s:.1f}")
     table.add_row("data wait", f"{100 * result.data_wait_share:.1f} % of the time")
     table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
     console.print(table)
-    if json_out is not None:
+    if json_out is not None and ctx.is_main:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"settings": json.loads(settings.model_dump_json()), "result": result.to_json()}, indent=2) + "\n")
     if result.interrupted is not None:

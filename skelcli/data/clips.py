@@ -34,8 +34,17 @@ class CropWindows(NamedTuple):
     length: torch.Tensor
 
 
-def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    """U[0, 1) float64 draws of ``shape`` on ``device`` (drawn on the generator's device if given)."""
+def _uniform(
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None, uniforms: torch.Tensor | None = None
+) -> torch.Tensor:
+    """U[0, 1) float64 draws of ``shape`` on ``device`` (drawn on the generator's device if given).
+
+    ``uniforms``: pre-drawn numbers of exactly ``shape`` (sample-keyed draws, :mod:`skelcli.engine.rng`)
+    used instead of a fresh draw."""
+    if uniforms is not None:
+        if tuple(uniforms.shape) != tuple(shape):
+            raise ValueError(f"pre-drawn uniforms must have shape {tuple(shape)}, got {tuple(uniforms.shape)}")
+        return uniforms.to(device=device, dtype=torch.float64)
     if generator is None:
         return torch.rand(shape, dtype=torch.float64, device=device)
     draw = torch.rand(shape, dtype=torch.float64, device=generator.device, generator=generator)
@@ -51,6 +60,7 @@ def crop_windows(
     min_frames: int = 64,
     test_crop: float = 0.95,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> CropWindows:
     """Crop windows of the reference ``valid_crop_resize`` (spec E), for a batch.
 
@@ -61,12 +71,16 @@ def crop_windows(
       uniform over the integers [0, valid - length]. Clips shorter than ``min_frames`` are taken whole.
     * test: centre crop; b = int((1 - test_crop) * valid / 2) frames are dropped at each end
       (b = int(0.05 * valid / 2) for the reference test_crop 0.95); length = valid - 2b.
+
+    uniforms: optional pre-drawn (N, 2) U[0, 1) numbers (column 0 -> p, column 1 -> start) used
+    instead of drawing (sample-keyed randomness for distributed runs).
     """
     if not 0 < p_min <= p_max <= 1:
         raise SkelError(f"crop ratio range must satisfy 0 < crop_min <= crop_max <= 1, got {p_min}, {p_max}")
     n_valid = valid.to(torch.long).clamp(min=1)
     if train:
-        u = _uniform((2, n_valid.shape[0]), n_valid.device, generator)
+        pre = None if uniforms is None else uniforms.t()
+        u = _uniform((2, n_valid.shape[0]), n_valid.device, generator, pre)
         p = p_min + (p_max - p_min) * u[0]
         length = torch.floor(n_valid.double() * p).long()
         length = torch.minimum(length.clamp(min=min_frames), n_valid)
@@ -132,14 +146,17 @@ def crop_resize(
     test_crop: float = 0.95,
     generator: torch.Generator | None = None,
     return_windows: bool = False,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, CropWindows]:
     """Random (train) or centre (test) temporal crop, then linear resize to ``out_frames`` (spec E).
 
     joints: (N, M, T_max, V, C) zero-padded; valid: (N,). Returns (N, M, out_frames, V, C), and
-    with ``return_windows=True`` also the :class:`CropWindows` that were used.
+    with ``return_windows=True`` also the :class:`CropWindows` that were used. ``uniforms``: optional
+    pre-drawn (N, 2) numbers for the train crop (see :func:`crop_windows`).
     """
     windows = crop_windows(
-        valid, train=train, p_min=p_min, p_max=p_max, min_frames=min_frames, test_crop=test_crop, generator=generator
+        valid, train=train, p_min=p_min, p_max=p_max, min_frames=min_frames, test_crop=test_crop, generator=generator,
+        uniforms=uniforms,
     )
     out = resample_windows(joints, windows, out_frames)
     return (out, windows) if return_windows else out
@@ -174,28 +191,36 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 
 
 def random_rotation(
-    x: torch.Tensor, max_angle: float = 0.3, generator: torch.Generator | None = None
+    x: torch.Tensor, max_angle: float = 0.3, generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Random 3-axis rotation about the origin, one draw per sample (spec E, ``random_rot``).
 
     x: (N, M, T, V, 3). Angles θx, θy, θz ~ U(-max_angle, max_angle), the same for every frame and
     both persons; R = Rz·Ry·Rx applied to column vectors. Linear, so zero persons and zero padding
-    stay zero. Returns a new tensor of the same shape.
+    stay zero. Returns a new tensor of the same shape. ``uniforms``: optional pre-drawn (N, 3)
+    U[0, 1) numbers (x, y, z) used instead of drawing.
     """
     if x.shape[-1] != 3:
         raise ValueError(f"rotation needs 3-D coordinates, got C={x.shape[-1]}")
-    angles = (_uniform((x.shape[0], 3), x.device, generator) * 2 - 1) * max_angle
+    angles = (_uniform((x.shape[0], 3), x.device, generator, uniforms) * 2 - 1) * max_angle
     return rotate(x, rotation_matrices(angles.to(torch.float32)))
 
 
 def train_view(
-    batch: "ClipBatch", frames: int, data: "DataSettings", generator: torch.Generator | None = None
+    batch: "ClipBatch", frames: int, data: "DataSettings", generator: torch.Generator | None = None, draws=None
 ) -> torch.Tensor:
     """The training view of MAE/MAMP/GFP: random crop (p in [crop_min, crop_max], at least
     ``min_crop_frames``), resize to ``frames``, random rotation of ``data.rotation`` rad (spec E/B).
 
     batch.joints: (N, M, T_max, V, C). Returns (N, M, frames, V, C) on the batch's device.
+    ``draws``: optional :class:`skelcli.engine.rng.SampleDraws` for this batch; when given, the crop
+    and rotation numbers come from its "crop" (N, 2) and "rotation" (N, 3) streams (sample-keyed,
+    identical whatever the process count) and ``generator`` is not used.
     """
+    crop_u = rot_u = None
+    if draws is not None:
+        crop_u = draws.uniform("crop", (2,))
+        rot_u = draws.uniform("rotation", (3,)) if data.rotation > 0 else None
     clips = crop_resize(
         batch.joints,
         batch.valid,
@@ -205,9 +230,10 @@ def train_view(
         p_max=data.crop_max,
         min_frames=data.min_crop_frames,
         generator=generator,
+        uniforms=crop_u,
     )
     if data.rotation > 0:
-        clips = random_rotation(clips, data.rotation, generator=generator)
+        clips = random_rotation(clips, data.rotation, generator=generator, uniforms=rot_u)
     return clips
 
 

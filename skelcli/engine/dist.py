@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -62,6 +63,18 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
     return DistContext(rank, world, local, dev, backend)
 
 
+def context_of_group(device: torch.device | None = None) -> DistContext | None:
+    """The context of an already initialised process group (None when there is none): for library
+    code such as feature extraction that runs inside a torchrun job started elsewhere."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return None
+    backend = tdist.get_backend()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None or (backend == "nccl" and device.type != "cuda"):
+        device = torch.device("cuda", local) if backend == "nccl" else torch.device("cpu")
+    return DistContext(tdist.get_rank(), tdist.get_world_size(), local, device, backend)
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and tdist.is_initialized():
         tdist.destroy_process_group()
@@ -109,6 +122,80 @@ def gather_rows_in_order(rows: torch.Tensor, index: torch.Tensor, total: int, ct
         keep = ix >= 0
         out[ix[keep]] = r[keep]
     return out
+
+
+def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; small objects only)."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a SUM all-reduce of one number)."""
+    if not ctx.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return bool(t.item() > 0)
+
+
+@dataclass
+class BatchPlan:
+    """How a global batch is split: ``global_batch = world_size * accumulation * micro_batch``.
+
+    per_process = global / world samples per process and optimizer step, processed as
+    ``accumulation`` micro-batches of ``micro_batch`` (gradients summed with weight 1/accumulation).
+    """
+
+    global_batch: int
+    world_size: int
+    per_process: int
+    micro_batch: int
+    accumulation: int
+
+    def describe(self) -> str:
+        return (f"global batch {self.global_batch} = {self.world_size} process(es) x {self.accumulation} accumulation "
+                f"step(s) x {self.micro_batch} per micro-batch ({self.per_process} per process and step)")
+
+
+def plan_batches(global_batch: int, world_size: int, max_per_device_batch: int | None = None) -> BatchPlan:
+    """Split ``global_batch`` over ``world_size`` processes, accumulating gradients when the
+    per-process share exceeds ``max_per_device_batch``.
+
+    The global batch (and so the learning rate and the optimisation) stays the same whatever the
+    process count (spec/ecosystem.md section 5: keep the global batch fixed, use accumulation).
+    The accumulation count is the smallest ``a >= ceil(per_process / max)`` that divides the
+    per-process share, so every micro-batch has the same size (equal weights in the mean).
+    """
+    from skelcli.errors import SkelError
+
+    if global_batch < 1 or world_size < 1:
+        raise SkelError(f"batch size ({global_batch}) and process count ({world_size}) must be >= 1")
+    if global_batch % world_size:
+        raise SkelError(
+            f"global batch {global_batch} is not divisible by {world_size} processes; pick a batch size that is a multiple "
+            "of the process count (the global batch is kept fixed, never rounded)"
+        )
+    per = global_batch // world_size
+    accumulation = 1
+    if max_per_device_batch is not None:
+        if max_per_device_batch < 1:
+            raise SkelError(f"max per-device batch must be >= 1, got {max_per_device_batch}")
+        accumulation = -(-per // max_per_device_batch)
+        while per % accumulation:
+            accumulation += 1
+    return BatchPlan(global_batch, world_size, per, per // accumulation, accumulation)
+
+
+def quiet_non_main(ctx: DistContext) -> None:
+    """Silence the shared rich console on ranks other than 0 (rank-0 console, DESIGN.md)."""
+    if ctx.distributed and not ctx.is_main:
+        from skelcli.cli._app import console
+
+        console.quiet = True
 
 
 def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:

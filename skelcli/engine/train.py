@@ -63,6 +63,10 @@ class TrainResult:
     interrupted: str | None = None
     resumed_from: Path | None = None
     skipped_checkpoints: list[str] = field(default_factory=list)
+    world_size: int = 1
+    global_batch: int = 0
+    per_process_batch: int = 0
+    accumulation: int = 1
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -191,6 +195,31 @@ def _call(callbacks, event: str, info: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
+def _resolve_context(ctx: Any, device_name: str) -> Any:
+    """The :class:`~skelcli.engine.dist.DistContext`: given, or from the torchrun environment
+    (a plain single process when WORLD_SIZE is unset)."""
+    from skelcli.engine.dist import DistContext, init_distributed
+
+    if ctx is not None:
+        return ctx
+    ctx = init_distributed(device_name)
+    if not ctx.distributed:
+        return DistContext(0, 1, 0, resolve_device(device_name), None)
+    return ctx
+
+
+def _restore_rng(ckpt: dict[str, Any], ctx: Any, seed: int) -> None:
+    """Each rank gets back its own RNG state (``rng_ranks``) when the world size is unchanged;
+    otherwise rank 0's state on rank 0 and a fresh ``seed + rank`` stream, offset by the step, elsewhere."""
+    per_rank = ckpt.get("rng_ranks") or []
+    if len(per_rank) == ctx.world_size:
+        set_rng_state(per_rank[ctx.rank])
+    elif ctx.rank == 0:
+        set_rng_state(ckpt["rng"])
+    else:
+        seed_everything(seed + ctx.rank + 1_000_003 * int(ckpt.get("step", 0)))
+
+
 def pretrain(
     settings: PretrainSettings,
     out_dir: Path,
@@ -199,25 +228,33 @@ def pretrain(
     force: bool = False,
     progress: bool = True,
     callbacks: list[Any] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
     console: Any = None,
+    ctx: Any = None,
+    max_per_device_batch: int | None = None,
 ) -> TrainResult:
     """Pretrain ``settings.method`` on ``settings.data`` into ``out_dir`` (see the module docstring).
 
     resume: None (fresh run), "auto" (newest valid checkpoint in ``out_dir``, a fresh run if none)
     or a checkpoint path. callbacks: objects with optional ``on_step_end(info)`` /
-    ``on_epoch_end(info)``; ``info`` holds ``method``, ``epoch``, ``step``, ``loss``.
+    ``on_epoch_end(info)``; ``info`` holds ``method`` (the unwrapped module), ``epoch``, ``step``, ``loss``.
+    ctx: a :class:`~skelcli.engine.dist.DistContext`; by default it is read from the torchrun
+    environment (RANK, WORLD_SIZE, LOCAL_RANK), i.e. a single process when those are unset.
+    max_per_device_batch: largest micro-batch per process; above it gradients are accumulated
+    (default: ``runtime.max_per_device_batch`` when the settings have it, else no limit).
+    ``settings.data.batch_size`` is the *global* batch whatever the process count.
     Raises SkelError on bad input and on a non-finite loss (naming the step; the last good
     checkpoint is kept).
     """
     from skelcli.data.loader import ClipDataset, ClipLoader
     from skelcli.data.store import open_info
+    from skelcli.engine.dist import all_gather_objects, all_reduce_mean, any_rank, barrier, plan_batches
+    from skelcli.engine.rng import SampleDraws, rank_positions
     from skelcli.methods.base import DatasetInfo, get_method
 
     out_dir = Path(out_dir)
-    is_main = rank == 0
     cfg = settings
+    ctx = _resolve_context(ctx, cfg.runtime.device)
+    rank, world_size, is_main = ctx.rank, ctx.world_size, ctx.is_main
     resolved = to_jsonable(cfg)
     method_name = cfg.method.name
     if cfg.data.path is None:
@@ -226,6 +263,9 @@ def pretrain(
     info = open_info(data_path)
     if cfg.data.split not in info.protocols:
         raise SkelError(f"{data_path.name} has no split {cfg.data.split!r}; available: {', '.join(sorted(info.protocols)) or 'none'}")
+    if max_per_device_batch is None:
+        max_per_device_batch = getattr(cfg.runtime, "max_per_device_batch", None)
+    plan = plan_batches(cfg.data.batch_size, world_size, max_per_device_batch)
 
     # ------------------------------------------------------------ run folder
     settings_file = out_dir / "settings.json"
@@ -253,27 +293,29 @@ def pretrain(
             raise SkelError(f"run folder {out_dir} holds a different configuration ({', '.join(diff[:5])}); use --force or another --out")
         if ckpt is None and _checkpoint_candidates(out_dir):
             raise SkelError(f"run folder {out_dir} already holds checkpoints; use --resume auto to continue or --force to start over")
+    barrier(ctx)  # every rank has checked the folder before rank 0 changes it
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
             for old_file in list(out_dir.glob("checkpoint-*.pt")) + [out_dir / "last.pt", out_dir / "metrics.jsonl"]:
                 old_file.unlink(missing_ok=True)
         settings_file.write_text(json.dumps(resolved, indent=2) + "\n")
+    barrier(ctx)
 
     # ------------------------------------------------------------ data
-    device = resolve_device(cfg.runtime.device)
-    if cfg.data.batch_size % world_size:
-        raise SkelError(f"batch size {cfg.data.batch_size} is not divisible by {world_size} processes")
-    local_batch = cfg.data.batch_size // world_size
+    device = ctx.device
     dataset = ClipDataset.from_store(
         data_path, cfg.data.split, "train", limit=cfg.data.limit, memory_budget_gb=cfg.data.memory_budget_gb
     )
-    loader = ClipLoader(
-        dataset, local_batch, shuffle=True, drop_last=True, seed=cfg.runtime.seed, device=device, rank=rank, world_size=world_size
-    )
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(dataset) < plan.global_batch:
         raise SkelError(f"split {cfg.data.split!r} has {len(dataset)} training clips, fewer than one batch of {cfg.data.batch_size}")
+    loader = ClipLoader(
+        dataset, plan.micro_batch, shuffle=True, drop_last=True, seed=cfg.runtime.seed, device=device, rank=rank,
+        world_size=world_size,
+    )
+    # Full global batches only, the same count whatever the process count: global step s uses
+    # perm[s*B:(s+1)*B] in every layout (the loader's padding for uneven shards is never reached).
+    steps_per_epoch = len(dataset) // plan.global_batch
     fingerprint = data_fingerprint(data_path, info, cfg.data.split, len(dataset))
     if ckpt is not None and not force:
         old_fp = (ckpt.get("data") or {}).get("fingerprint")
@@ -292,19 +334,37 @@ def pretrain(
         optimizer, lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.optim.epochs,
         steps_per_epoch=steps_per_epoch, weight_decay=cfg.optim.weight_decay, weight_decay_end=cfg.optim.weight_decay_end,
     )
-    seed_everything(cfg.runtime.seed + rank)
-    start_epoch, step, skip_batches = 0, 0, 0
+    seed_everything(cfg.runtime.seed + rank)  # per-process streams for methods that draw from the global RNG
+    start_epoch, step, skip_steps = 0, 0, 0
     if ckpt is not None:
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt.get("scheduler", {}))
-        set_rng_state(ckpt["rng"])
-        start_epoch, step, skip_batches = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt.get("batch_in_epoch", 0))
-    model_fn = torch.compile(method) if cfg.runtime.compile else method
+        _restore_rng(ckpt, ctx, cfg.runtime.seed)
+        start_epoch, step, skip_steps = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt.get("batch_in_epoch", 0))
+    ddp = None
+    model_fn: Any = method
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The whole method is wrapped: frozen teachers / target networks (requires_grad=False) are
+        # not reduced, and after_step() updates them on the unwrapped module identically on every
+        # rank. Methods with parameters that a step may not use set ``ddp_find_unused_parameters``.
+        ddp = DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
+        )
+        model_fn = ddp
+    if cfg.runtime.compile:
+        model_fn = torch.compile(model_fn)
     total_steps = cfg.optim.epochs * steps_per_epoch
     data_meta = {"dataset": info.dataset, "num_classes": int(info.num_classes), "split": cfg.data.split, "fingerprint": fingerprint}
+    setup = {"kind": "setup", "world_size": world_size, "global_batch": plan.global_batch, "per_process_batch": plan.per_process,
+             "micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "lr": cfg.optim.lr,
+             "steps_per_epoch": steps_per_epoch, "backend": ctx.backend, "device": str(device)}
 
-    def payload(epochs_done: int, batch_in_epoch: int) -> dict[str, Any]:
+    def payload(epochs_done: int, batch_in_epoch: int, rng_ranks: list[Any]) -> dict[str, Any]:
         enc = method.downstream_encoder()
         return {
             "method": method_name,
@@ -319,8 +379,18 @@ def pretrain(
             "model": method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "world_size": world_size,
         }
+
+    def save(path: Path, epochs_done: int, batch_in_epoch: int) -> Path:
+        """Rank 0 writes (atomically); every rank contributes its RNG state and waits for the write."""
+        rng_ranks = all_gather_objects(rng_state(), ctx)
+        if is_main:
+            save_checkpoint(path, payload(epochs_done, batch_in_epoch, rng_ranks))
+        barrier(ctx)
+        return path
 
     # ------------------------------------------------------------ logging
     metrics_fh = open(out_dir / "metrics.jsonl", "a") if is_main else None
@@ -330,6 +400,13 @@ def pretrain(
             metrics_fh.write(json.dumps(record) + "\n")
             metrics_fh.flush()
 
+    log(setup)
+    if is_main and console is not None:
+        console.print(
+            f"[bold]effective[/]: world size {world_size} ({ctx.backend or 'single process'}, {device}), {plan.describe()}, "
+            f"lr {cfg.optim.lr:g} (not scaled by the process count), {steps_per_epoch} steps/epoch",
+            highlight=False,
+        )
     bar = None
     if is_main and progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -349,43 +426,56 @@ def pretrain(
     t_start = time.perf_counter()
     interrupted: str | None = None
     epochs_done = start_epoch
+    accum = plan.accumulation
     try:
         with _StopSignal() as stop:
             for epoch in range(start_epoch, cfg.optim.epochs):
                 method.train()
                 method.on_epoch_start(epoch)
-                loader.set_epoch(epoch)
+                loader.set_epoch(epoch, start_batch=skip_steps * accum)  # mid-epoch resume skips what was trained on
                 epoch_loss, epoch_steps, epoch_wait, epoch_t0 = 0.0, 0, 0.0, time.perf_counter()
                 window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
-                batch_in_epoch = 0
+                batch_in_epoch = skip_steps
                 batches = iter(loader)
-                while True:
-                    t0 = time.perf_counter()
-                    batch = next(batches, None)
-                    wait = time.perf_counter() - t0
-                    if batch is None:
-                        break
-                    if batch_in_epoch < skip_batches:  # mid-epoch resume: these were trained on already
-                        batch_in_epoch += 1
-                        continue
+                stop_agreed = False
+                while batch_in_epoch < steps_per_epoch:
                     lr = schedule.apply(step)
-                    with autocast_for(device, cfg.runtime.precision):
-                        out = model_fn(batch)
-                    loss = out["loss"]
-                    loss_value = float(loss.detach())
+                    optimizer.zero_grad(set_to_none=True)
+                    wait = 0.0
+                    local_loss = 0.0
+                    terms: dict[str, float] = {}
+                    for k in range(accum):
+                        t0 = time.perf_counter()
+                        batch = next(batches)
+                        wait += time.perf_counter() - t0
+                        method.sample_draws = SampleDraws(
+                            cfg.runtime.seed, epoch, step, plan.global_batch,
+                            rank_positions(k, plan.micro_batch, world_size, rank), device,
+                        )
+                        sync = ddp.no_sync() if (ddp is not None and k < accum - 1) else nullcontext()
+                        with sync:
+                            with autocast_for(device, cfg.runtime.precision):
+                                out = model_fn(batch)
+                            loss = out["loss"]
+                            (loss / accum).backward()
+                        method.sample_draws = None
+                        local_loss += float(loss.detach()) / accum
+                        for key, v in out.items():
+                            if torch.is_tensor(v) and v.ndim == 0:
+                                terms[key] = terms.get(key, 0.0) + float(v.detach()) / accum
+                    # the mean loss over the global batch: the same number (and NaN check) on every rank
+                    loss_value = float(all_reduce_mean(torch.tensor([local_loss], dtype=torch.float64, device=device), ctx).item())
                     if not math.isfinite(loss_value):
                         where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
                         log({"kind": "error", "epoch": epoch, "step": step, "loss": loss_value, "error": "non-finite loss"})
                         raise SkelError(f"non-finite loss ({loss_value}) at step {step} (epoch {epoch}); training stopped{where}")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
                     if cfg.optim.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
                     optimizer.step()
                     method.after_step(step, total_steps)
                     step += 1
                     batch_in_epoch += 1
-                    n = len(batch) * world_size
+                    n = plan.global_batch
                     samples_seen += n
                     window_samples += n
                     wait_total += wait
@@ -397,7 +487,7 @@ def pretrain(
                     if step % cfg.runtime.log_every == 0 or batch_in_epoch == steps_per_epoch:
                         dt = max(time.perf_counter() - window_t0, 1e-9)
                         rate = window_samples / dt
-                        terms = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+                        terms["loss"] = loss_value
                         log({"kind": "step", "epoch": epoch, "step": step, **terms, "lr": lr, "samples_per_s": rate,
                              "data_wait_share": window_wait / dt, **method.log_metrics()})
                         if bar is not None:
@@ -406,30 +496,32 @@ def pretrain(
                     if bar is not None:
                         bar.update(task, completed=step)
                     _call(callbacks, "on_step_end", {"method": method, "epoch": epoch, "step": step, "loss": loss_value})
-                    if stop.received is not None and batch_in_epoch < steps_per_epoch:
-                        interrupted = stop.received
+                    # all ranks agree on stopping at the same step boundary (a signal may reach them at different times)
+                    stop_agreed = any_rank(stop.received is not None, ctx)
+                    if stop_agreed and batch_in_epoch < steps_per_epoch:
+                        interrupted = stop.received or "SIGTERM"
                         break
-                skip_batches = 0
+                batches.close()  # stops the loader's prefetch thread (the padded tail is never trained on)
+                skip_steps = 0
                 if interrupted is not None:
-                    if is_main:
-                        last_ckpt = save_checkpoint(out_dir / "last.pt", payload(epoch, batch_in_epoch))
+                    last_ckpt = save(out_dir / "last.pt", epoch, batch_in_epoch)
                     log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
                     break
                 epochs_done = epoch + 1
                 epoch_time = time.perf_counter() - epoch_t0
-                if is_main:
-                    last_ckpt = save_checkpoint(out_dir / "last.pt", payload(epochs_done, 0))
-                    if epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs:
-                        save_checkpoint(out_dir / f"checkpoint-{epochs_done:04d}.pt", payload(epochs_done, 0))
+                last_ckpt = save(out_dir / "last.pt", epochs_done, 0)
+                if epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs:
+                    save(out_dir / f"checkpoint-{epochs_done:04d}.pt", epochs_done, 0)
                 log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss / max(epoch_steps, 1),
                      "seconds": epoch_time, "samples_per_s": epoch_steps * cfg.data.batch_size / max(epoch_time, 1e-9),
                      "data_wait_share": epoch_wait / max(epoch_time, 1e-9)})
                 _call(callbacks, "on_epoch_end", {"method": method, "epoch": epoch, "step": step, "loss": final_loss})
-                if stop.received is not None:
-                    interrupted = stop.received
+                if stop_agreed or any_rank(stop.received is not None, ctx):
+                    interrupted = stop.received or "SIGTERM"
                     log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
                     break
     finally:
+        method.sample_draws = None
         if bar is not None:
             bar.stop()
         if metrics_fh is not None:
@@ -452,6 +544,10 @@ def pretrain(
         interrupted=interrupted,
         resumed_from=resume_path,
         skipped_checkpoints=notes,
+        world_size=world_size,
+        global_batch=plan.global_batch,
+        per_process_batch=plan.per_process,
+        accumulation=plan.accumulation,
     )
 
 

@@ -197,23 +197,46 @@ def features_of(
     person_pool: PersonPool = "mean",
     progress=None,
 ) -> np.ndarray:
-    """Test-transform features of every clip of ``split`` in order: (n, F) float32."""
+    """Test-transform features of every clip of ``split`` in order: (n, F) float32.
+
+    Distributed (launched by torchrun, or a process group already initialised): rank r encodes the
+    clips ``positions[r::W]`` of the positions padded to a multiple of W (DistributedSampler-style),
+    and the rows are all-gathered back into the original order
+    (:func:`skelcli.engine.dist.gather_rows_in_order`), so every rank returns every clip exactly
+    once, in order, as a single process would.
+    """
     from skelcli.data.clips import test_view
+    from skelcli.engine.dist import context_of_group, gather_rows_in_order, init_distributed, quiet_non_main
 
     dev = resolve_device(device)
+    ctx = context_of_group(dev)
+    if ctx is None:  # launched by torchrun (probe / retrieve): join the job, rank-0 console
+        ctx = init_distributed(str(dev.type) if dev.type == "cpu" else "auto")
+        quiet_non_main(ctx)
+    if ctx.distributed:
+        dev = ctx.device
+    n = len(split)
+    positions = np.arange(n, dtype=np.int64)
+    if ctx.distributed:
+        per_rank = -(-n // ctx.world_size)
+        positions = np.resize(positions, per_rank * ctx.world_size)[ctx.rank :: ctx.world_size]
     was_training = encoder.training
     encoder.eval().to(dev)
     frames = encoder.config.num_frames
     out = []
     with torch.inference_mode():
-        for idx in iter_batches(len(split), batch_size):
+        for start in range(0, positions.size, batch_size):
+            idx = positions[start : start + batch_size]
             batch = split.batch(idx, dev)
             views = test_view(batch, frames, test_crop)
-            out.append(encode_views(encoder, views, person_pool).cpu().numpy())
+            out.append(encode_views(encoder, views, person_pool).float())
             if progress is not None:
                 progress(len(idx))
     encoder.train(was_training)
-    return np.concatenate(out, axis=0).astype(np.float32)
+    rows = torch.cat(out, dim=0)
+    if ctx.distributed:
+        rows = gather_rows_in_order(rows, torch.from_numpy(positions).to(rows.device), n, ctx)
+    return rows.cpu().numpy().astype(np.float32)
 
 
 def extract_features(
@@ -263,7 +286,10 @@ def extract_features(
         split = load_split(data_path, protocol, part)
     feats = features_of(encoder, split, batch_size=batch_size, device=device, test_crop=test_crop, person_pool=pool, progress=progress)
     labels = split.labels.copy()
-    if cache_path is not None:
+    import torch.distributed as tdist
+
+    rank0 = not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0
+    if cache_path is not None and rank0:  # one writer under torchrun; every rank holds the same result
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
         np.savez(tmp, feats=feats, labels=labels)

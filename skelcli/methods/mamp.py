@@ -59,4 +59,6 @@ class MAMP(MaskedSkeletonModel):
         return motion_target(x, self.settings.encoder.t_patch, self.settings.motion_stride)
 
     def make_mask(self, x: torch.Tensor) -> MaskResult:
-        return motion_aware_masking(x, self.settings.encoder.t_patch, self.settings.mask_ratio, self.settings.tau)
+        s = self.settings
+        u = self.mask_uniforms(x.shape[0], s.encoder.num_tokens)
+        return motion_aware_masking(x, s.encoder.t_patch, s.mask_ratio, s.tau, uniforms=u)

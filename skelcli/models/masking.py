@@ -45,10 +45,30 @@ def mask_from_scores(scores: torch.Tensor, ratio: float) -> MaskResult:
     return MaskResult(ids_keep, ids_restore, mask)
 
 
-def random_masking(batch: int, num_tokens: int, ratio: float, device=None, generator: torch.Generator | None = None) -> MaskResult:
-    """Uniform random masking (MAE; MAMP when tau <= 0)."""
-    scores = torch.rand(batch, num_tokens, device=device, generator=generator)
+def random_masking(
+    batch: int,
+    num_tokens: int,
+    ratio: float,
+    device=None,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+) -> MaskResult:
+    """Uniform random masking (MAE; MAMP when tau <= 0).
+
+    uniforms: optional pre-drawn (batch, num_tokens) U[0, 1) scores (sample-keyed randomness,
+    :mod:`skelcli.engine.rng`) used instead of drawing.
+    """
+    if uniforms is not None:
+        _check_shape(uniforms, (batch, num_tokens))
+        scores = uniforms.to(device=device if device is not None else uniforms.device, dtype=torch.float32)
+    else:
+        scores = torch.rand(batch, num_tokens, device=device, generator=generator)
     return mask_from_scores(scores, ratio)
+
+
+def _check_shape(uniforms: torch.Tensor, shape: tuple[int, int]) -> None:
+    if tuple(uniforms.shape) != shape:
+        raise ValueError(f"pre-drawn uniforms must have shape {shape}, got {tuple(uniforms.shape)}")
 
 
 def patch_motion(x: torch.Tensor, t_patch: int) -> torch.Tensor:
@@ -69,18 +89,25 @@ def motion_aware_masking(
     ratio: float,
     tau: float,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> MaskResult:
     """MAMP motion-aware masking: high-motion tokens are masked more often (spec A.6).
 
     x: (B, T, V, C). Scaled motion s = d / (tau * max d + 1e-10), pi = softmax(s); the score
     log pi + Gumbel noise is sorted ascending, so the masked set is a draw without replacement
     with probability proportional to pi. An all-zero person has uniform pi (random masking).
+    ``uniforms``: optional pre-drawn (B, L) U[0, 1) numbers for the Gumbel noise (or the random
+    scores when tau <= 0) used instead of drawing.
     """
     if tau <= 0:
-        return random_masking(x.shape[0], (x.shape[1] // t_patch) * x.shape[2], ratio, x.device, generator)
+        return random_masking(x.shape[0], (x.shape[1] // t_patch) * x.shape[2], ratio, x.device, generator, uniforms)
     d = patch_motion(x.float(), t_patch)
     s = d / (tau * d.amax(dim=1, keepdim=True) + 1e-10)
     log_pi = torch.log_softmax(s, dim=1)
-    u = torch.rand(d.shape, device=x.device, generator=generator)
+    if uniforms is not None:
+        _check_shape(uniforms, tuple(d.shape))
+        u = uniforms.to(device=x.device, dtype=d.dtype)
+    else:
+        u = torch.rand(d.shape, device=x.device, generator=generator)
     gumbel = -torch.log(-torch.log(u + 1e-10) + 1e-10)
     return mask_from_scores(log_pi + gumbel, ratio)
