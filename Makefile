@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/skel demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/skel benchmark --measure-throughput --json docs/bench_cpu.json

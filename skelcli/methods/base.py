@@ -117,6 +117,27 @@ class PretrainMethod(nn.Module):
     def encoder_config(self) -> EncoderConfig:
         return self.encoder.config
 
+    # Set by the training engine before each forward: a :class:`skelcli.engine.rng.SampleDraws` for
+    # this batch, or None (then the global RNG is used). Sample-keyed draws make crops, rotations
+    # and masks independent of the process count (issue 7 parity).
+    sample_draws: Any = None
+
+    def mask_uniforms(self, rows: int, num_tokens: int) -> torch.Tensor | None:
+        """(rows, num_tokens) pre-drawn uniforms of the "mask" stream for the N*M person sequences
+        of this batch, or None without sample-keyed draws."""
+        draws = self.sample_draws
+        return None if draws is None else draws.rows("mask", rows, num_tokens)
+
+    def view(self, batch: ClipBatch) -> torch.Tensor:
+        """Raw clips -> model input (N, M, T, V, C): MAMP's random crop/resize/rotation in train mode
+        (spec/mamp-and-data.md E via ``clips.train_view``), the centre test crop otherwise."""
+        from skelcli.data import clips
+
+        frames = self.encoder.config.num_frames
+        if self.training:
+            return clips.train_view(batch, frames, self.data_settings, draws=self.sample_draws)
+        return clips.test_view(batch, frames, self.data_settings.test_crop)
+
     def forward(self, batch: ClipBatch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise TypeError(f"{type(self).__name__} must define forward(batch) -> dict of losses")
 

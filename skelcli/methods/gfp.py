@@ -333,18 +333,8 @@ class GFP(PretrainMethod):
     def make_mask(self, x: torch.Tensor) -> MaskResult:
         """Motion-aware masking (MAMP, spec A.6); x: (B, T, V, C)."""
         s = self.settings
-        return motion_aware_masking(x, s.encoder.t_patch, s.mask_ratio, s.tau)
-
-    def view(self, batch: ClipBatch) -> torch.Tensor:
-        """Raw clips -> (N, M, T, V, C): MAMP's crop/resize/rotation in train mode, the test crop otherwise."""
-        from skelcli.data import clips
-        from skelcli.settings import DataSettings
-
-        data = getattr(self, "data_settings", None) or DataSettings()
-        frames = self.settings.encoder.num_frames
-        if self.training:
-            return clips.train_view(batch, frames, data)
-        return clips.test_view(batch, frames, data.test_crop)
+        u = self.mask_uniforms(x.shape[0], s.encoder.num_tokens)
+        return motion_aware_masking(x, s.encoder.t_patch, s.mask_ratio, s.tau, uniforms=u)
 
     def predict(self, x: torch.Tensor, mask: MaskResult | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], MaskResult]:
         """x: (B, T, V, C) person-sequences -> (predictions, targets, mask); per level (B, n_j, C_t)."""

@@ -125,21 +125,10 @@ class MaskedSkeletonModel(PretrainMethod):
         enc = settings.encoder
         self.decoder = MaskedDecoder(enc.dim, enc.num_segments, enc.num_joints, enc.t_patch * enc.in_chans, settings.decoder)
 
-    # Set by the training engine before each forward: a :class:`skelcli.engine.rng.SampleDraws` for
-    # this batch, or None (then the global RNG is used). Sample-keyed draws make crops, rotations
-    # and masks independent of the process count (issue 7 parity).
-    sample_draws: Any = None
-
-    def mask_uniforms(self, rows: int, num_tokens: int) -> torch.Tensor | None:
-        """(rows, num_tokens) pre-drawn uniforms of the "mask" stream for the N*M person sequences
-        of this batch, or None without sample-keyed draws."""
-        draws = self.sample_draws
-        return None if draws is None else draws.rows("mask", rows, num_tokens)
-
     # ----------------------------------------------------------------- hooks
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token regression target before normalisation: (B, T, V, C) -> (B, L, l*C)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define target(x)")
 
     def make_mask(self, x: torch.Tensor) -> MaskResult:
         """Which tokens to hide; x: (B, T, V, C). Uniform random by default (MAE)."""
@@ -148,16 +137,6 @@ class MaskedSkeletonModel(PretrainMethod):
         return random_masking(x.shape[0], cfg.num_tokens, self.settings.mask_ratio, x.device, uniforms=u)
 
     # ----------------------------------------------------------------- forward
-    def view(self, batch: ClipBatch) -> torch.Tensor:
-        """Raw clips -> model input (N, M, T, V, C): random crop/resize/rotation in train mode
-        (spec E via ``clips.train_view``), the centre test crop otherwise."""
-        from skelcli.data import clips
-
-        frames = self.settings.encoder.num_frames
-        if self.training:
-            return clips.train_view(batch, frames, self.data_settings, draws=self.sample_draws)
-        return clips.test_view(batch, frames, self.data_settings.test_crop)
-
     def reconstruct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss on an already-augmented batch. x: (N, M, T, V, C) -> {"loss", "pred", "target", "mask"}.
 
