@@ -64,6 +64,9 @@ class RuntimeSettings(StrictModel):
     checkpoint_every: int = Field(20, ge=1, description="numbered checkpoint every N epochs (last.pt every epoch)")
     log_every: int = Field(10, ge=1, description="write a metrics line every N steps")
     deterministic: bool = False
+    max_per_device_batch: int | None = Field(
+        None, ge=1, description="largest micro-batch per process; above it gradients are accumulated (global batch unchanged)"
+    )
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from skelcli.engine.dist import autocast_context, resolve_device  # noqa: F401 (re-exported for report.py)
 from skelcli.errors import SkelError
 
 
@@ -140,23 +141,9 @@ class PeakMemory:
 
 
 # ----------------------------------------------------------------------------- setup
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SkelError("--device cuda requested but no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise SkelError(f"unknown device {device!r}; use cpu, cuda or auto")
-    return torch.device(device)
-
-
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast context for ``precision == "bf16"``; a null context for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise SkelError(f"unknown precision {precision!r}; use fp32 or bf16")
-    return contextlib.nullcontext()
+    """bf16 autocast for ``--precision bf16``; plain fp32 otherwise (the benchmark never uses "auto")."""
+    return autocast_context(device, precision)
 
 
 def method_registry() -> tuple[Callable[[str], type], list[str]]:

@@ -36,15 +36,36 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local CUDA device when available, else CPU."""
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from skelcli.errors import SkelError
+def resolve_device(preference: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local CUDA device when available, else CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as asked.
 
-        raise SkelError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device("cuda", local_rank)
+    Asking for CUDA on a machine without it is a one-line SkelError.
+    """
+    from skelcli.errors import SkelError
+
+    name = str(preference)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise SkelError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SkelError("device 'cuda' requested but torch sees no CUDA device")
+        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast for ``bf16`` (and for ``auto`` on CUDA, DESIGN.md); plain fp32 otherwise."""
+    from contextlib import nullcontext
+
+    from skelcli.errors import SkelError
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise SkelError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext:

@@ -39,6 +39,7 @@ import torch
 
 from skelcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from skelcli.engine.config import PretrainSettings
+from skelcli.engine.dist import autocast_context, resolve_device
 from skelcli.engine.schedule import LRSchedule
 from skelcli.errors import SkelError
 from skelcli.settings import to_jsonable
@@ -76,22 +77,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SkelError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA by default, plain fp32 on CPU (DESIGN.md)."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -454,7 +439,7 @@ def pretrain(
                         )
                         sync = ddp.no_sync() if (ddp is not None and k < accum - 1) else nullcontext()
                         with sync:
-                            with autocast_for(device, cfg.runtime.precision):
+                            with autocast_context(device, cfg.runtime.precision):
                                 out = model_fn(batch)
                             loss = out["loss"]
                             (loss / accum).backward()
@@ -551,4 +536,4 @@ def pretrain(
     )
 
 
-__all__ = ["TrainResult", "pretrain", "find_resume_checkpoint", "resolve_device", "rng_state", "set_rng_state"]
+__all__ = ["TrainResult", "pretrain", "find_resume_checkpoint", "rng_state", "set_rng_state"]

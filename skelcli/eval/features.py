@@ -31,6 +31,7 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
+from skelcli.engine.dist import resolve_device  # noqa: F401 (probe/finetune import it from here)
 from skelcli.errors import SkelError
 
 PersonPool = Literal["mean", "mean_valid", "concat"]
@@ -176,15 +177,6 @@ def data_fingerprint(path: str | Path) -> str:
     p = Path(path).resolve()
     st = p.stat()
     return hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SkelError("--device cuda requested but CUDA is not available")
-    return dev
 
 
 def features_of(

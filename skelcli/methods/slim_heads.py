@@ -1,0 +1,69 @@
+"""SLiM projection heads and Sinkhorn-Knopp centring (spec/slim.md 2.4, 2.6, 2.7).
+
+Both heads (CLS ``dino_head`` for GLCL, patch ``ibot_head`` for MFM) are DINOv2 DINOHeads:
+a 3-layer MLP in -> hidden -> hidden -> bottleneck with GELU, L2 normalisation, then a bias-free
+weight-normalised prototype layer whose weight_g is fixed to 1. With g = 1, weight normalisation
+is exactly "divide each prototype row by its norm", which is what :class:`DINOHead` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skelcli.models.layers import trunc_normal_
+
+
+class DINOHead(nn.Module):
+    """(B, in_dim) -> (B, num_prototypes) logits (before temperature).
+
+    ``freeze_prototypes`` (set by the method for the first epoch, spec 2.4) detaches the prototype
+    weight so it gets no gradient and AdamW skips it, as DINOv2's cancelled last-layer gradient.
+    """
+
+    def __init__(self, in_dim: int, num_prototypes: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("a DINO head needs at least one layer")
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        for i in range(num_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < num_layers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        proto = nn.Linear(bottleneck_dim, num_prototypes, bias=False)  # PyTorch default init, as DINOv2
+        self.prototypes = nn.Parameter(proto.weight.detach().clone())  # (K, bottleneck)
+        self.freeze_prototypes = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.mlp(x), dim=-1, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
+        w = self.prototypes.detach() if self.freeze_prototypes else self.prototypes
+        return F.linear(z, F.normalize(w, dim=1))
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Balanced soft assignment of B samples to K prototypes (SwAV / DINOv2 centring).
+
+    logits: (B, K) teacher head outputs. Q = exp(logits / temperature) is alternately normalised
+    so that every prototype gets total mass 1/K and every sample 1/B; the result is scaled so that
+    each row (sample) sums to 1 and each column to B/K. Computed in float32. Returns (B, K).
+    On several processes the sums would be all-reduced; skelcli's single-process path does not.
+    """
+    z = logits.float() / temperature
+    q = torch.exp(z - z.max()).t()  # (K, B); the global shift cancels in the normalisation
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / q.sum(dim=0, keepdim=True) / b
+    return (q * b).t()
+
+
+__all__ = ["DINOHead", "sinkhorn_knopp"]

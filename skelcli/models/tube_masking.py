@@ -1,0 +1,161 @@
+"""Semantic tube masking (SLiM, spec/slim.md 3.1).
+
+A tube is a contiguous sub-chain of one body part (:data:`skelcli.topology.BODY_PARTS`, each
+listed along its kinematic chain) masked over a contiguous span of temporal segments. Tubes are
+added until the budget int(N * ratio) of the view's N = n_t * V tokens is met or a tube fails
+``max_tries`` times in a row, so the achieved ratio can fall slightly short of the target.
+
+Generation is vectorised over views: each round proposes one tube for every view that is still
+active, so the Python loop runs over rounds (tens), never over views.
+
+Masks are (B, n_t * V) bool in time-major token order (index t * V + v), True = masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from skelcli import topology
+
+
+@dataclass(frozen=True)
+class Tube:
+    """One accepted tube: ``part`` name, chain positions [c0, c0 + w) and segments [t0, t0 + h)."""
+
+    part: str
+    c0: int
+    w: int
+    t0: int
+    h: int
+
+    def joints(self) -> tuple[int, ...]:
+        return topology.BODY_PARTS[self.part][self.c0 : self.c0 + self.w]
+
+
+def _subchain_table() -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int, int]]]:
+    """All contiguous sub-chains: joint masks (S, V) bool, lengths (S,), and (part, c0, w) per row."""
+    rows, lengths, names = [], [], []
+    for part, chain in topology.BODY_PARTS.items():
+        for w in range(1, len(chain) + 1):
+            for c0 in range(len(chain) - w + 1):
+                m = torch.zeros(topology.NUM_JOINTS, dtype=torch.bool)
+                m[list(chain[c0 : c0 + w])] = True
+                rows.append(m)
+                lengths.append(w)
+                names.append((part, c0, w))
+    return torch.stack(rows), torch.tensor(lengths), names
+
+
+_TABLE = _subchain_table()
+
+
+def _row_offsets() -> tuple[torch.Tensor, torch.Tensor]:
+    """Part sizes (P,) and the first table row of each (part, w) as a (P, max size) table."""
+    sizes = [len(c) for c in topology.BODY_PARTS.values()]
+    offsets, base = [], 0
+    for n in sizes:
+        per_w = [0]
+        for w in range(1, n):
+            per_w.append(per_w[-1] + n - w + 1)  # a part's rows are grouped by w, n - w + 1 per w
+        offsets.append([base + o for o in per_w] + [0] * (max(sizes) - n))
+        base += n * (n + 1) // 2
+    return torch.tensor(sizes), torch.tensor(offsets)
+
+
+_SIZES, _OFFSETS = _row_offsets()
+
+
+def _subchain_index(u_part: torch.Tensor, u_w: torch.Tensor, u_c0: torch.Tensor) -> torch.Tensor:
+    """Map uniforms to a table row: part uniform, w ~ U{1..|part|}, start uniform."""
+    sizes, offsets_t = _SIZES, _OFFSETS
+    part = torch.floor(u_part * len(sizes)).long().clamp(max=len(sizes) - 1)
+    n = sizes[part]
+    w = (torch.floor(u_w * n).long() + 1).clamp(max=n)
+    c0 = torch.floor(u_c0 * (n - w + 1)).long().clamp(max=n - w)
+    return offsets_t[part, w - 1] + c0
+
+
+def semantic_tube_masking(
+    ratios: torch.Tensor,
+    n_t: int,
+    min_patches: int,
+    max_patches: int,
+    max_tries: int = 10,
+    generator: torch.Generator | None = None,
+    return_tubes: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[list[Tube]]]:
+    """Semantic tube masks for len(ratios) views of an (n_t x V) token grid.
+
+    ratios: (B,) target mask ratios (0 = leave the view unmasked). Per tube (spec/slim.md 3.1):
+    pick a part uniformly and a contiguous sub-chain of width w ~ U{1..|part|}; draw an area
+    a ~ U[min_patches, min(remaining, max_patches)], height h = clip(round(a / w), 1, n_t) and a
+    uniform start segment; accept when it masks >= 1 new cell and the new cells fit the remaining
+    budget, else retry (up to ``max_tries`` failures in a row end the view).
+
+    Returns the (B, n_t * V) bool mask (time-major), and with ``return_tubes`` also the accepted
+    tubes per view. Runs on the CPU.
+    """
+    v = topology.NUM_JOINTS
+    ratios = ratios.detach().float().cpu()
+    b = ratios.shape[0]
+    budget = (ratios * (n_t * v)).long()  # int(N * ratio)
+    remaining = budget.clone()
+    fails = torch.zeros(b, dtype=torch.long)
+    mask = torch.zeros(b, n_t, v, dtype=torch.bool)
+    chains, widths, names = _TABLE
+    tubes: list[list[Tube]] = [[] for _ in range(b)]
+    seg = torch.arange(n_t)
+    active = remaining > 0
+    while bool(active.any()):
+        idx = active.nonzero().squeeze(1)
+        k = idx.shape[0]
+        u = torch.rand(k, 5, generator=generator)
+        row = _subchain_index(u[:, 0], u[:, 1], u[:, 2])
+        w = widths[row]
+        rem = remaining[idx]
+        hi = torch.clamp(rem, max=max_patches).float()
+        lo = torch.minimum(torch.full_like(hi, float(min_patches)), hi)
+        area = lo + u[:, 3] * (hi - lo)
+        h = torch.round(area / w.float()).long().clamp(1, n_t)
+        t0 = torch.floor(u[:, 4] * (n_t - h + 1).float()).long().clamp(max=n_t - h)
+        span = (seg[None, :] >= t0[:, None]) & (seg[None, :] < (t0 + h)[:, None])  # (k, n_t)
+        cells = span[:, :, None] & chains[row][:, None, :]  # (k, n_t, V)
+        new = (cells & ~mask[idx]).flatten(1).sum(1)
+        ok = (new >= 1) & (new <= rem)
+        acc = idx[ok]
+        mask[acc] |= cells[ok]
+        remaining[acc] -= new[ok]
+        fails[acc] = 0
+        fails[idx[~ok]] += 1
+        if return_tubes:
+            for i, r, t, hh in zip(acc.tolist(), row[ok].tolist(), t0[ok].tolist(), h[ok].tolist()):
+                part, c0, ww = names[r]
+                tubes[i].append(Tube(part, c0, ww, t, hh))
+        active = (remaining > 0) & (fails < max_tries)
+    flat = mask.reshape(b, n_t * v)
+    return (flat, tubes) if return_tubes else flat
+
+
+def stratified_ratios(n: int, lo: float = 0.5, hi: float = 0.9, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n ratios, the i-th uniform in the i-th of n equal sub-intervals of [lo, hi], shuffled (spec 2.6)."""
+    if n <= 0:
+        return torch.zeros(0)
+    edges = torch.linspace(lo, hi, n + 1)
+    r = edges[:-1] + torch.rand(n, generator=generator) * (edges[1:] - edges[:-1])
+    return r[torch.randperm(n, generator=generator)]
+
+
+def global_view_ratios(
+    n_views: int, mask_probability: float = 0.5, lo: float = 0.5, hi: float = 0.9, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Ratios for the 2B global views: int(n_views * p) of them masked with stratified ratios in
+    [lo, hi], the rest 0 (unmasked), in a random assignment (spec/slim.md 2.6, DINOv2 collate)."""
+    n_masked = int(n_views * mask_probability)
+    ratios = torch.zeros(n_views)
+    ratios[:n_masked] = stratified_ratios(n_masked, lo, hi, generator)
+    return ratios[torch.randperm(n_views, generator=generator)]
+
+
+__all__ = ["Tube", "global_view_ratios", "semantic_tube_masking", "stratified_ratios"]

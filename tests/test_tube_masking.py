@@ -1,0 +1,75 @@
+"""Semantic tube masking (spec/slim.md 3.1): tube shape, budget, stratified ratios."""
+
+from __future__ import annotations
+
+import torch
+
+from skelcli import topology
+from skelcli.models.tube_masking import global_view_ratios, semantic_tube_masking, stratified_ratios
+
+V = topology.NUM_JOINTS
+
+
+def _tube_cells(tube) -> set[tuple[int, int]]:
+    return {(t, j) for t in range(tube.t0, tube.t0 + tube.h) for j in tube.joints()}
+
+
+def test_every_tube_is_a_connected_chain_of_one_part_over_contiguous_frames() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ratios = stratified_ratios(64, generator=gen)
+    for n_t, min_p in ((8, 8), (4, 4), (2, 2), (1, 1)):
+        mask, tubes = semantic_tube_masking(ratios, n_t, min_p, 100, generator=gen, return_tubes=True)
+        grid = mask.reshape(-1, n_t, V)
+        for i, view_tubes in enumerate(tubes):
+            union: set[tuple[int, int]] = set()
+            for tube in view_tubes:
+                chain = topology.BODY_PARTS[tube.part]
+                joints = tube.joints()
+                assert 1 <= tube.w == len(joints) <= len(chain)
+                # contiguous along the part's listed chain (spec 3.1): consecutive members are
+                # parent/child, or the two end effectors of one hand (hand tip, thumb: siblings)
+                assert joints == chain[tube.c0 : tube.c0 + tube.w]
+                for a, b in zip(joints, joints[1:]):
+                    pa, pb = topology.PARENTS[a], topology.PARENTS[b]
+                    assert pb == a or pa == b or (pa == pb and pa in chain), (a, b)
+                assert 0 <= tube.t0 and 1 <= tube.h and tube.t0 + tube.h <= n_t
+                union |= _tube_cells(tube)
+            got = {(t, j) for t, j in grid[i].nonzero().tolist()}
+            assert got == union
+
+
+def test_ratio_within_budget_and_close_to_target() -> None:
+    gen = torch.Generator().manual_seed(1)
+    ratios = stratified_ratios(400, 0.5, 0.9, generator=gen)
+    mask = semantic_tube_masking(ratios, 8, 8, 100, generator=gen)
+    count = mask.sum(1)
+    budget = (ratios * 200).long()
+    assert bool((count <= budget).all())
+    # tubes stop only after 10 failed tries in a row, so the shortfall stays small on average
+    assert float((budget - count).float().mean()) < 0.05 * 200
+    assert bool((count >= 0.6 * budget).all())
+
+
+def test_token_order_is_time_major() -> None:
+    gen = torch.Generator().manual_seed(2)
+    mask, tubes = semantic_tube_masking(torch.tensor([0.3]), 8, 8, 100, generator=gen, return_tubes=True)
+    tube = tubes[0][0]
+    for t, j in _tube_cells(tube):
+        assert bool(mask[0, t * V + j])
+
+
+def test_zero_ratio_leaves_view_unmasked() -> None:
+    mask = semantic_tube_masking(torch.tensor([0.0, 0.9]), 8, 8, 100)
+    assert int(mask[0].sum()) == 0 and int(mask[1].sum()) > 0
+
+
+def test_stratified_ratios_cover_each_subinterval_once() -> None:
+    r = stratified_ratios(8, 0.5, 0.9, generator=torch.Generator().manual_seed(3)).sort().values
+    edges = torch.linspace(0.5, 0.9, 9)
+    assert bool(((r >= edges[:-1]) & (r <= edges[1:])).all())
+
+
+def test_half_of_global_views_masked() -> None:
+    r = global_view_ratios(16, 0.5, generator=torch.Generator().manual_seed(4))
+    assert int((r > 0).sum()) == 8
+    assert bool(((r == 0) | ((r >= 0.5) & (r <= 0.9))).all())
