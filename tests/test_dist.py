@@ -204,3 +204,30 @@ def test_feature_extraction_under_two_processes_matches_one(data_file, tmp_path)
         with np.load(tmp_path / f"rank{rank}.npz") as z:
             np.testing.assert_allclose(z["feats"], single, rtol=1e-5, atol=1e-6)  # every sample once, original order
             np.testing.assert_array_equal(z["order"][:, 0], np.arange(7) * 10.0)
+
+
+def _sinkhorn_worker(rank: int, world: int, init_file: str, logits, out_dir: str) -> None:
+    import torch.distributed as tdist
+
+    from skelcli.methods.slim_heads import sinkhorn_knopp
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        part = logits.chunk(world)[rank]
+        torch.save(sinkhorn_knopp(part, 0.07), f"{out_dir}/q{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_sinkhorn_knopp_balances_over_the_global_batch(tmp_path):
+    """SLiM's teacher targets: Sinkhorn-Knopp on 2 processes (gloo) equals one process on the whole batch."""
+    import torch.multiprocessing as mp
+
+    from skelcli.methods.slim_heads import sinkhorn_knopp
+
+    logits = torch.randn(12, 7, generator=torch.Generator().manual_seed(0))
+    mp.spawn(_sinkhorn_worker, args=(2, str(tmp_path / "init"), logits, str(tmp_path)), nprocs=2, join=True)
+    q = torch.cat([torch.load(tmp_path / f"q{r}.pt") for r in range(2)])
+    torch.testing.assert_close(q, sinkhorn_knopp(logits, 0.07), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(12))

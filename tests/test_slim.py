@@ -290,6 +290,21 @@ def test_cli_pretrain_slim_then_probe(tmp_path) -> None:
     assert 0.0 <= top1 <= 1.0
 
 
+def test_iteration_based_epochs_cycle_the_data(tmp_path) -> None:
+    """SLiM's epoch is a fixed number of iterations (spec 5.1): 2 epochs x 5 iterations = 10 steps
+    whatever the split's length (data passes cycle underneath), and the checkpoint records epoch 2."""
+    from skelcli.engine.checkpoint import load_checkpoint
+
+    runner, app, h5 = _prepared(tmp_path)
+    run = tmp_path / "run"
+    _pretrain(runner, app, h5, run, 2, "method.encoder.depth=1", "method.encoder.dim=32", "method.encoder.heads=2",
+              "method.num_prototypes=64", "method.head_hidden_dim=32", "method.head_bottleneck_dim=16",
+              "method.iterations_per_epoch=5")
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (2, 10)
+    assert ckpt["settings"]["method"]["iterations_per_epoch"] == 5
+
+
 @pytest.mark.skipif(not _cli_ready(), reason="needs skel synth/prepare/pretrain/probe")
 @pytest.mark.skipif(not os.environ.get("SKELCLI_SLOW_TESTS"), reason="slow learned-representation check; set SKELCLI_SLOW_TESTS=1")
 def test_slim_pretraining_beats_random_init_in_linear_probe(tmp_path) -> None:

@@ -14,10 +14,13 @@ import pytest
 from pydantic import ValidationError
 
 from skelcli.data.synthetic import (
+    HARD_VARIANT_PHASES,
     FaultRates,
     SynthSettings,
     class_program,
+    default_class_ids,
     generate_sequence,
+    hard_family,
     interaction_classes,
     synthesize,
 )
@@ -287,6 +290,36 @@ def test_class_separability_by_motion() -> None:
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     first = probe.fit(P[train], y[train]).score(P[~train], y[~train])
     assert first < acc - 0.2, (first, acc)
+
+
+def test_hard_classes_differ_only_in_coordination() -> None:
+    """difficulty="hard": classes 1-4 form one family (same DOFs, centres, amplitudes, tempo); only the
+    phase of the second DOF differs, so loop-direction pairs (pi/2 vs 3pi/2) visit the same poses."""
+    assert default_class_ids("ntu60", 8, "hard") == list(range(1, 9))
+    assert [hard_family(c) for c in (1, 4, 5, 12)] == [(0, 0), (0, 3), (1, 0), (2, 3)]
+    progs = [class_program(c, "ntu60", 0, "hard").actor for c in (1, 2, 3, 4)]
+    for p in progs[1:]:
+        assert [(d.dof, d.centre, d.amplitude, d.freq) for d in p.dofs] == [
+            (d.dof, d.centre, d.amplitude, d.freq) for d in progs[0].dofs
+        ]
+    rel = [(p.dofs[1].phase - p.dofs[0].phase) % (2 * np.pi) for p in progs]
+    assert np.allclose(rel, HARD_VARIANT_PHASES)
+    other = class_program(5, "ntu60", 0, "hard").actor
+    assert [d.dof for d in other.dofs] != [d.dof for d in progs[0].dofs] or other.freq != progs[0].freq
+    # Same body and nuisance: variants 2 and 4 (opposite loop directions) visit the same poses at the
+    # same speeds, so mean pose and per-joint speed agree although the sequences differ.
+    from skelcli.data.synthetic import _REST, _animate, _Variation
+
+    still = _Variation(1.0, 1.0, 0.0, np.zeros((25, 3)))
+    a, _ = _animate(progs[1], _REST, 300, still)
+    b, _ = _animate(progs[3], _REST, 300, still)
+    assert np.abs(a.mean(0) - b.mean(0)).max() < 0.03
+    speed = lambda x: np.linalg.norm(np.diff(x, axis=0), axis=-1).mean(0)  # noqa: E731
+    assert np.abs(speed(a) - speed(b)).max() < 0.002
+    assert np.abs(a - b).max() > 0.1
+    # Deterministic per sample.
+    s1 = generate_sequence(2, subject=1, difficulty="hard", frames=90)
+    assert s1.shape == (90, 1, 25, 3) and np.array_equal(s1, generate_sequence(2, subject=1, difficulty="hard", frames=90))
 
 
 def test_pku_format_labels_and_splits(tmp_path: Path) -> None:

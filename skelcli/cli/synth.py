@@ -26,6 +26,10 @@ def synth(
     max_frames: int = typer.Option(300, "--max-frames", help="Longest action, frames."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes byte-identical files."),
     no_faults: bool = typer.Option(False, "--no-faults", help="Write clean files (no spurious / noise bodies etc.)."),
+    difficulty: str = typer.Option(
+        "easy", "--difficulty",
+        help="easy | hard (classes in families of 4 that differ only in coordination; what the demo uses).",
+    ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory (same names are overwritten)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
 ) -> None:
@@ -42,7 +46,7 @@ def synth(
     settings = SynthSettings(
         classes=classes, subjects=subjects, setups=setups, replications=replications,
         samples_per_class=samples_per_class, min_frames=min_frames, max_frames=max_frames, seed=seed,
-        faults=FaultRates.none() if no_faults else FaultRates(),
+        faults=FaultRates.none() if no_faults else FaultRates(), difficulty=difficulty,
     )
     with Progress(
         TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -49,7 +49,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -138,6 +138,12 @@ class SynthSettings(BaseModel):
     inferred_rate: float = Field(0.05, ge=0, le=1, description="fraction of joints with trackingState 1")
     faults: FaultRates = Field(default_factory=FaultRates)
     idle_frames: tuple[int, int] = Field((20, 60), description="PKU: idle frames between actions")
+    difficulty: Literal["easy", "medium", "hard"] = Field(
+        "easy",
+        description="easy: every class its own archetype / pose, small nuisance; medium: the easy classes with the "
+        "large nuisance of hard; hard: families of 4 classes that share pose and energy and differ only in "
+        "coordination (see HARD_VARIANT_PHASES), plus large nuisance variation",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SynthSettings":
@@ -436,13 +442,65 @@ def _keep_narrow(prog: MotionProgram) -> MotionProgram:
     return prog
 
 
+# ---- difficulty "hard": classes in families of 4 that differ only in coordination -------------------
+#: Phase of DOF B relative to DOF A for the 4 classes of a family. 0 vs pi: the limb traces a line along
+#: one or the other diagonal; pi/2 vs 3pi/2: the same loop of poses traversed in opposite directions, so
+#: only the temporal order of poses tells these two apart (a bag of poses cannot).
+HARD_VARIANT_PHASES: tuple[float, ...] = (0.0, 0.5 * np.pi, np.pi, 1.5 * np.pi)
+#: Coordinated DOF pairs a family is built on (same limb or mirrored limbs); every pair moves an
+#: extremity visibly (a twist about a bone's own axis, e.g. neck_turn, would not).
+_HARD_PAIRS: tuple[tuple[str, str], ...] = (
+    ("r_sh_flex", "r_sh_abd"), ("l_sh_flex", "l_sh_abd"), ("r_sh_flex", "r_elbow"), ("l_sh_flex", "l_elbow"),
+    ("l_sh_flex", "r_sh_flex"), ("l_hip_flex", "r_hip_flex"), ("r_hip_flex", "r_knee"), ("spine_bend", "spine_side"),
+    ("l_sh_abd", "r_sh_abd"), ("spine_twist", "r_sh_flex"), ("l_elbow", "r_elbow"), ("l_hip_flex", "l_knee"),
+)
+
+
+def hard_family(class_id: int) -> tuple[int, int]:
+    """(family, variant) of a 1-based class id in ``difficulty="hard"``: ids 1-4 are family 0, 5-8 family 1, ..."""
+    return (class_id - 1) // len(HARD_VARIANT_PHASES), (class_id - 1) % len(HARD_VARIANT_PHASES)
+
+
+def _hard_program(family: int, variant: int, dataset: str, motion_seed: int) -> MotionProgram:
+    """The actor program of one hard class: the family fixes the DOF pair, centres, amplitudes and tempo,
+    the variant only the relative phase of the pair (``HARD_VARIANT_PHASES``)."""
+    pairs = np.random.default_rng([motion_seed, 11]).permutation(len(_HARD_PAIRS))
+    a, b = _HARD_PAIRS[int(pairs[family % len(_HARD_PAIRS)])]
+    rng = np.random.default_rng([motion_seed, 10, DATASETS.index(dataset) if dataset in DATASETS else 0, family])
+    freq = float(rng.uniform(0.45, 0.9))  # Hz, shared by the family
+    shape = []
+    for name in (a, b):
+        _, _, lo, hi = _DOFS[name]
+        span = hi - lo
+        shape.append((name, float(rng.uniform(lo + 0.35 * span, hi - 0.35 * span)), float(rng.uniform(0.3, 0.45) * span / 2)))
+    duration = float(rng.uniform(90, 150))
+
+    def make(v: int, shrink: float) -> MotionProgram:
+        dofs = tuple(
+            DofProgram(n, float(np.clip(c * shrink, *_DOFS[n][2:])), amp * shrink, freq, (0.0, HARD_VARIANT_PHASES[v])[i])
+            for i, (n, c, amp) in enumerate(shape)
+        )
+        return MotionProgram("hard_pair", dofs, (0.0, 0.0, 0.0), 0.0, freq, 0.0, duration)
+
+    # One shrink factor for the whole family (spread rule of spec D.4, as in _keep_narrow), so the
+    # variants keep identical poses ranges and energies.
+    shrink = 1.0
+    for _ in range(8):
+        if max(_wide_fraction(make(v, shrink)) for v in range(len(HARD_VARIANT_PHASES))) <= 0.3:
+            break
+        shrink *= 0.85
+    return make(variant, shrink)
+
+
 @functools.lru_cache(maxsize=512)
-def class_program(class_id: int, dataset: str = "ntu60", motion_seed: int = 0) -> ClassProgram:
+def class_program(class_id: int, dataset: str = "ntu60", motion_seed: int = 0, difficulty: str = "easy") -> ClassProgram:
     """The deterministic motion program of a 1-based class id (same for every sample and camera)."""
     rng = np.random.default_rng([motion_seed, 2, DATASETS.index(dataset) if dataset in DATASETS else 0, class_id])
     archetype = _ARCH_NAMES[int(rng.integers(len(_ARCH_NAMES)))]
     duration = float(rng.uniform(60, 160))
     actor = _keep_narrow(_motion_program(rng, archetype, duration))
+    if difficulty == "hard":
+        actor = _hard_program(*hard_family(class_id), dataset, motion_seed)
     if class_id in interaction_classes(dataset):
         partner_arch = _ARCH_NAMES[int(rng.integers(len(_ARCH_NAMES)))]
         partner = _keep_narrow(_motion_program(rng, partner_arch, duration))
@@ -469,9 +527,22 @@ class _Variation:
     amp: float
     phase: float
     pose_noise: np.ndarray  # (25, 3) small static angle offsets
+    extra: tuple[DofProgram, ...] = ()  # per-sample distractor motions (difficulty "hard")
 
 
-def _variation(rng: np.random.Generator) -> _Variation:
+def _variation(rng: np.random.Generator, difficulty: str = "easy") -> _Variation:
+    """Per-sample nuisance. "hard": wider speed / amplitude ranges, a uniformly random start phase (so the
+    clip may start anywhere in the cycle), more pose noise and 2 distractor DOFs with their own tempo."""
+    if difficulty in ("medium", "hard"):
+        speed, amp, phase = float(rng.uniform(0.7, 1.4)), float(rng.uniform(0.75, 1.25)), float(rng.uniform(0, 2 * np.pi))
+        pose_noise = rng.normal(0.0, 0.08, (NUM_JOINTS, 3))
+        extra = []
+        for name in rng.choice(list(_DOFS), size=2, replace=False):
+            _, _, lo, hi = _DOFS[str(name)]
+            span = hi - lo
+            extra.append(DofProgram(str(name), float(rng.uniform(-0.1, 0.1) * span), float(rng.uniform(0.08, 0.2) * span),
+                                    float(rng.uniform(0.3, 1.2)), float(rng.uniform(0, 2 * np.pi))))
+        return _Variation(speed, amp, phase, pose_noise, tuple(extra))
     return _Variation(
         speed=float(rng.uniform(0.8, 1.25)),
         amp=float(rng.uniform(0.8, 1.2)),
@@ -491,6 +562,9 @@ def _animate(prog: MotionProgram, offsets: np.ndarray, T: int, var: _Variation) 
         j, ax, lo, hi = _DOFS[d.dof]
         wave = d.centre + var.amp * d.amplitude * np.sin(2 * np.pi * d.freq * var.speed * t + d.phase + var.phase)
         angles[:, j, ax] += env * np.clip(wave, lo, hi)
+    for d in var.extra:  # distractors: their own tempo, not scaled by the sample's speed / amplitude
+        j, ax, lo, hi = _DOFS[d.dof]
+        angles[:, j, ax] += env * (d.centre + d.amplitude * np.sin(2 * np.pi * d.freq * t + d.phase))
     local = _euler(angles)
     pos, glob = forward_kinematics(offsets, local, np.zeros((T, 3)))
     # Feet on the floor: lift the body so the lowest ankle / foot joint touches y = 0 in every frame.
@@ -603,6 +677,7 @@ def make_performance(
     partner_subject: Optional[int] = None,
     origin: Optional[np.ndarray] = None,
     facing_noise: float = 0.1,
+    difficulty: str = "easy",
 ) -> Performance:
     """Animate a class program for a subject in world space; ``rng`` draws the per-sample variation.
 
@@ -610,7 +685,7 @@ def make_performance(
     drawn from ``rng``) facing yaw ``facing_deg`` (+ N(0, facing_noise) rad). Returns world joints
     (T, M, 25, 3), M = 1 or 2.
     """
-    var = _variation(rng)
+    var = _variation(rng, difficulty)
     mean_frames = program.actor.duration * rng.uniform(0.75, 1.3) / var.speed
     T = frames or int(np.clip(round(mean_frames), min_frames, max_frames))
     facing = np.deg2rad(facing_deg) + float(rng.normal(0, facing_noise))
@@ -622,7 +697,7 @@ def make_performance(
         return Performance(program.class_id, w1[:, None], g1[:, None], _lean(pos1)[:, None])
     # Two persons face each other along the axis perpendicular to the facing direction.
     other = partner_subject if partner_subject is not None else subject + 1000
-    pos2, glob2 = _animate(program.partner, subject_offsets(other, seed), T, _variation(rng))
+    pos2, glob2 = _animate(program.partner, subject_offsets(other, seed), T, _variation(rng, difficulty))
     d0, dd = program.distance
     dist = d0 + dd * (np.cumsum(_envelope(T)) / max(_envelope(T).sum(), 1e-9))
     # Actor 1 faces +axis, actor 2 faces -axis; the pair stands side by side for the 0-degree camera
@@ -651,6 +726,7 @@ def generate_sequence(
     frames: Optional[int] = None,
     min_frames: int = 40,
     max_frames: int = 300,
+    difficulty: str = "easy",
 ) -> np.ndarray:
     """Camera-space joints of one clean sample, (T, M, 25, 3) float32 metres, M = 1 or 2 actors.
 
@@ -660,14 +736,23 @@ def generate_sequence(
     """
     if dataset not in DATASETS or camera not in CAMERA_YAW_DEG or replication not in REPLICATION_FACING_CAMERA:
         raise SkelError(f"bad sample: dataset {dataset!r}, camera {camera}, replication {replication}")
-    prog = class_program(class_id, dataset, motion_seed)
+    prog = class_program(class_id, dataset, motion_seed, difficulty)
     rng = _performance_rng(seed, dataset, class_id, subject, setup, replication)
     perf = make_performance(
         prog, subject, CAMERA_YAW_DEG[REPLICATION_FACING_CAMERA[replication]], rng,
         seed=seed, min_frames=min_frames, max_frames=max_frames, frames=frames,
+        **_hard_placement(difficulty),
     )
     cam = setup_cameras(setup, seed, pku=dataset.startswith("pku"))[camera]
     return cam.to_camera(perf.joints).astype(np.float32)
+
+
+def _hard_placement(difficulty: str) -> dict:
+    """make_performance keyword arguments of a difficulty: "hard" turns the actor +-20 deg (1 sd) off the
+    nominal facing direction instead of +-6 deg."""
+    if difficulty in ("medium", "hard"):
+        return {"difficulty": difficulty, "facing_noise": 0.35}
+    return {}
 
 
 def _performance_rng(seed: int, dataset: str, class_id: int, subject: int, setup: int, rep: int) -> np.random.Generator:
@@ -865,11 +950,19 @@ def _interleave(a: Sequence[int], b: Sequence[int]) -> list[int]:
     return out + list(a[n:]) + list(b[n:])
 
 
-def default_class_ids(dataset: str, n: int) -> list[int]:
-    """n action ids spread over the dataset's classes, with >= 1 two-person class where the dataset has them."""
+def default_class_ids(dataset: str, n: int, difficulty: str = "easy") -> list[int]:
+    """n action ids spread over the dataset's classes, with >= 1 two-person class where the dataset has them.
+
+    difficulty "hard": the first n single-person ids (1, 2, 3, ...), so whole families of 4 classes
+    (``hard_family``) are present; n beyond the single-person ids falls back to the spread.
+    """
     total = NUM_CLASSES[dataset]
     if n > total:
         raise SkelError(f"{dataset} has {total} classes; asked for {n}")
+    if difficulty == "hard":
+        single_ids = [c for c in range(1, total + 1) if c not in interaction_classes(dataset)]
+        if n <= len(single_ids):
+            return single_ids[:n]
     inter = sorted(interaction_classes(dataset))
     single = [c for c in range(1, total + 1) if c not in inter]
     n_inter = 0 if not inter else min(len(inter), max(1, round(n * len(inter) / total)))
@@ -956,7 +1049,7 @@ def synthesize(
         raise SkelError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     s = settings or SynthSettings()
     out = Path(out)
-    class_ids = sorted(set(s.class_ids)) if s.class_ids else default_class_ids(dataset, s.classes)
+    class_ids = sorted(set(s.class_ids)) if s.class_ids else default_class_ids(dataset, s.classes, s.difficulty)
     bad = [c for c in class_ids if not 1 <= c <= NUM_CLASSES[dataset]]
     if bad:
         raise SkelError(f"class ids {bad} are outside 1..{NUM_CLASSES[dataset]} for {dataset}")
@@ -984,7 +1077,7 @@ def _synthesize_ntu(dataset: str, out: Path, s: SynthSettings, class_ids: list[i
     names = [ntu_name(st, c, sub, r, a) for a, st, sub, r, c in items]
     fault_rng = np.random.default_rng([s.seed, 5])
     by_file = _assign_faults(names, s.faults, fault_rng)
-    programs = {a: class_program(a, dataset, s.motion_seed) for a in class_ids}
+    programs = {a: class_program(a, dataset, s.motion_seed, s.difficulty) for a in class_ids}
     cams = {st: setup_cameras(st, s.seed) for st in setups}
     total_bytes = total_frames = 0
     perf_cache: dict[tuple, Performance] = {}
@@ -995,7 +1088,7 @@ def _synthesize_ntu(dataset: str, out: Path, s: SynthSettings, class_ids: list[i
             rng = _performance_rng(s.seed, dataset, a, sub, st, r)
             perf_cache[key] = make_performance(
                 programs[a], sub, CAMERA_YAW_DEG[REPLICATION_FACING_CAMERA[r]], rng,
-                seed=s.seed, min_frames=s.min_frames, max_frames=s.max_frames,
+                seed=s.seed, min_frames=s.min_frames, max_frames=s.max_frames, **_hard_placement(s.difficulty),
             )
         perf = perf_cache[key]
         T = perf.joints.shape[0]
@@ -1051,7 +1144,7 @@ def _synthesize_pku(dataset: str, out: Path, s: SynthSettings, class_ids: list[i
     rounds = s.samples_per_class or len(subjects) * s.replications
     views = [("M", "L", "R")[i] for i in range(s.cameras)]
     cams_by_view = {"M": 1, "L": 2, "R": 3}  # same yaws as NTU cameras 1 / 2 / 3
-    programs = {a: class_program(a, dataset, s.motion_seed) for a in class_ids}
+    programs = {a: class_program(a, dataset, s.motion_seed, s.difficulty) for a in class_ids}
     train_subjects = set(subjects[0::2])  # alternate subjects train / test so both lists are non-empty
     fault_rng = np.random.default_rng([s.seed, 5])
     sequences = []  # (sequence number, subject, class list)
@@ -1098,7 +1191,7 @@ def _synthesize_pku(dataset: str, out: Path, s: SynthSettings, class_ids: list[i
                 break
             perf = make_performance(
                 programs[a], subject, facing, rng, seed=s.seed, min_frames=s.min_frames, max_frames=s.max_frames,
-                origin=base, facing_noise=0.0,
+                origin=base, facing_noise=0.0, difficulty=s.difficulty,
             )
             j = perf.joints
             if j.shape[1] == 1:

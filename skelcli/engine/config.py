@@ -103,7 +103,9 @@ def resolve_pretrain_settings(
     if dataset is None:
         dataset = dataset_of(Path(path)) if path is not None else "ntu60"
 
-    layered: dict[str, Any] = {"method": {"name": name}}
+    # Start from the method's own defaults so that a partial nested section (say, a preset or a TOML
+    # file that sets only [method.encoder] depth) keeps that method's other encoder defaults.
+    layered: dict[str, Any] = {"method": _REGISTRY[name].settings_cls().model_dump(mode="json")}
     layered = deep_merge(layered, _REGISTRY[name].settings_cls.preset(preset, dataset))
     layered["method"]["name"] = name
     layered = deep_merge(layered, toml)

@@ -172,6 +172,28 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+def _micro_batches(loader: Any, start_step: int, data_steps: int, accum: int):
+    """Micro-batches from optimizer step ``start_step`` on, cycling data passes without end.
+
+    Pass p = step // data_steps is ``loader.set_epoch(p)``; only its first ``data_steps`` global
+    batches are used (the same count in every process layout, so the padded tail of uneven shards
+    is never trained on). Starting mid-pass skips the batches already trained on, which makes
+    resume exact.
+    """
+    p, b = divmod(start_step, data_steps)
+    while True:
+        loader.set_epoch(p, start_batch=b * accum)
+        it = iter(loader)
+        try:
+            for _ in range((data_steps - b) * accum):
+                yield next(it)
+        finally:
+            close = getattr(it, "close", None)
+            if callable(close):
+                close()
+        p, b = p + 1, 0
+
+
 def _call(callbacks, event: str, info: dict[str, Any]) -> None:
     for cb in callbacks or ():
         fn = getattr(cb, event, None)
@@ -300,7 +322,10 @@ def pretrain(
     )
     # Full global batches only, the same count whatever the process count: global step s uses
     # perm[s*B:(s+1)*B] in every layout (the loader's padding for uneven shards is never reached).
-    steps_per_epoch = len(dataset) // plan.global_batch
+    data_steps = len(dataset) // plan.global_batch  # optimizer steps in one pass over the data
+    # An "epoch" is one pass, unless the method fixes its length in iterations (SLiM: 1,250, spec
+    # slim.md 5.1); then the data passes cycle underneath the epochs.
+    steps_per_epoch = getattr(cfg.method, "iterations_per_epoch", None) or data_steps
     fingerprint = data_fingerprint(data_path, info, cfg.data.split, len(dataset))
     if ckpt is not None and not force:
         old_fp = (ckpt.get("data") or {}).get("fingerprint")
@@ -314,6 +339,8 @@ def pretrain(
     method_cls = get_method(method_name)
     method = method_cls(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
     method.data_settings = cfg.data
+    if hasattr(method, "run_epochs"):  # methods that turn step/total_steps into epochs (SLiM temperatures)
+        method.run_epochs = cfg.optim.epochs
     optimizer = torch.optim.AdamW(method.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
     schedule = LRSchedule(
         optimizer, lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.optim.epochs,
@@ -412,16 +439,15 @@ def pretrain(
     interrupted: str | None = None
     epochs_done = start_epoch
     accum = plan.accumulation
+    batches = _micro_batches(loader, step, data_steps, accum)  # resume replays the same data order
     try:
         with _StopSignal() as stop:
             for epoch in range(start_epoch, cfg.optim.epochs):
                 method.train()
                 method.on_epoch_start(epoch)
-                loader.set_epoch(epoch, start_batch=skip_steps * accum)  # mid-epoch resume skips what was trained on
                 epoch_loss, epoch_steps, epoch_wait, epoch_t0 = 0.0, 0, 0.0, time.perf_counter()
                 window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
                 batch_in_epoch = skip_steps
-                batches = iter(loader)
                 stop_agreed = False
                 while batch_in_epoch < steps_per_epoch:
                     lr = schedule.apply(step)
@@ -486,7 +512,6 @@ def pretrain(
                     if stop_agreed and batch_in_epoch < steps_per_epoch:
                         interrupted = stop.received or "SIGTERM"
                         break
-                batches.close()  # stops the loader's prefetch thread (the padded tail is never trained on)
                 skip_steps = 0
                 if interrupted is not None:
                     last_ckpt = save(out_dir / "last.pt", epoch, batch_in_epoch)
@@ -506,6 +531,7 @@ def pretrain(
                     log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
                     break
     finally:
+        batches.close()  # stops the loader's prefetch thread
         method.sample_draws = None
         if bar is not None:
             bar.stop()

@@ -54,14 +54,26 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     logits: (B, K) teacher head outputs. Q = exp(logits / temperature) is alternately normalised
     so that every prototype gets total mass 1/K and every sample 1/B; the result is scaled so that
     each row (sample) sums to 1 and each column to B/K. Computed in float32. Returns (B, K).
-    On several processes the sums would be all-reduced; skelcli's single-process path does not.
+    Under torch.distributed the prototype sums, the total mass, the shift and B are all-reduced, so
+    the balance holds over the global batch (every process's samples), as in the reference.
     """
+    import torch.distributed as tdist
+
+    dist = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+    def reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+        if dist:
+            tdist.all_reduce(t, op=op or tdist.ReduceOp.SUM)
+        return t
+
     z = logits.float() / temperature
-    q = torch.exp(z - z.max()).t()  # (K, B); the global shift cancels in the normalisation
-    k, b = q.shape
-    q = q / q.sum()
+    shift = reduce(z.max().detach().clone(), tdist.ReduceOp.MAX if dist else None)
+    q = torch.exp(z - shift).t()  # (K, B_local); a shift common to all processes cancels
+    k = q.shape[0]
+    b = int(reduce(torch.tensor(q.shape[1], device=q.device, dtype=torch.float64)).item())
+    q = q / reduce(q.sum())
     for _ in range(iterations):
-        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / reduce(q.sum(dim=1, keepdim=True)) / k
         q = q / q.sum(dim=0, keepdim=True) / b
     return (q * b).t()
 
