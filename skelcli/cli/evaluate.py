@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,9 +23,10 @@ def _fmt(value: Any, pct: bool = True) -> str:
 
 
 def _write_json(path: Optional[Path], payload: dict[str, Any]) -> None:
+    from skelcli.eval.report import write_json
+
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        write_json(path, payload)
         console.print(f"JSON written to {path}")
 
 

@@ -96,6 +96,11 @@ def context_of_group(device: torch.device | None = None) -> DistContext | None:
     return DistContext(tdist.get_rank(), tdist.get_world_size(), local, device, backend)
 
 
+def is_main_process() -> bool:
+    """True outside torch.distributed and on rank 0 inside it: the one process that writes files."""
+    return not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and tdist.is_initialized():
         tdist.destroy_process_group()

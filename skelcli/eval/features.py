@@ -278,10 +278,9 @@ def extract_features(
         split = load_split(data_path, protocol, part)
     feats = features_of(encoder, split, batch_size=batch_size, device=device, test_crop=test_crop, person_pool=pool, progress=progress)
     labels = split.labels.copy()
-    import torch.distributed as tdist
+    from skelcli.engine.dist import is_main_process
 
-    rank0 = not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0
-    if cache_path is not None and rank0:  # one writer under torchrun; every rank holds the same result
+    if cache_path is not None and is_main_process():  # one writer under torchrun; every rank holds the same result
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
         np.savez(tmp, feats=feats, labels=labels)

@@ -76,10 +76,15 @@ def jsonable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class_names: list[str] | None = None) -> dict[str, str]:
-    """Write ``<stem>.npy``, ``<stem>.csv`` and ``<stem>.png`` into out_dir; returns the paths written."""
+    """Write ``<stem>.npy``, ``<stem>.csv`` and ``<stem>.png`` into out_dir; returns the paths written.
+    Under torchrun only rank 0 writes (every rank gets the paths)."""
+    from skelcli.engine.dist import is_main_process
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"npy": out_dir / f"{stem}.npy", "csv": out_dir / f"{stem}.csv", "png": out_dir / f"{stem}.png"}
+    if not is_main_process():
+        return {k: str(v) for k, v in paths.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
     np.save(paths["npy"], cm)
     np.savetxt(paths["csv"], cm, fmt="%d", delimiter=",")
     try:
@@ -135,7 +140,12 @@ def write_heatmap_png(cm: np.ndarray, path: Path, cell: int | None = None) -> No
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON (numpy values converted); only rank 0 under torchrun."""
+    from skelcli.engine.dist import is_main_process
+
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     return path
