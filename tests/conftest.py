@@ -7,3 +7,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+TINY_SYNTH = ["--classes", "3", "--subjects", "2", "--setups", "1", "--replications", "1",
+              "--min-frames", "40", "--max-frames", "80", "--no-faults", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory) -> Path:
+    """A tiny genuine prepared file: `skel synth` raw files -> `skel prepare` (9 xsub training
+    clips of 40-80 frames, 2 persons). Tests must not modify it."""
+    from typer.testing import CliRunner
+
+    from skelcli.cli import app
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    runner = CliRunner()
+    r = runner.invoke(app, ["synth", "ntu60", "--out", str(root / "raw"), *TINY_SYNTH])
+    assert r.exit_code == 0, r.output
+    out = root / "tiny.h5"
+    r = runner.invoke(app, ["prepare", "ntu60", "--raw", str(root / "raw"), "--out", str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    return out

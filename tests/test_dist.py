@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from skelcli.engine.checkpoint import load_checkpoint
 from skelcli.engine.config import resolve_pretrain_settings
@@ -33,22 +32,6 @@ TINY = [
     "runtime.checkpoint_every=1", "runtime.log_every=1", "runtime.device=\"cpu\"",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    """`skel synth` raw files -> `skel prepare`: 9 xsub training clips, 2 persons, 40-80 frames."""
-    from skelcli.cli._app import app
-
-    root = tmp_path_factory.mktemp("data")
-    runner = CliRunner()
-    r = runner.invoke(app, ["synth", "ntu60", "--out", str(root / "raw"), "--classes", "3", "--subjects", "2", "--setups", "1",
-                            "--replications", "1", "--min-frames", "40", "--max-frames", "80", "--no-faults", "--seed", "0"])
-    assert r.exit_code == 0, r.output
-    out = root / "tiny.h5"
-    r = runner.invoke(app, ["prepare", "ntu60", "--raw", str(root / "raw"), "--out", str(out), "--workers", "1"])
-    assert r.exit_code == 0, r.output
-    return out
 
 
 def _settings(data_file: Path, extra: list[str] | None = None):

@@ -219,7 +219,7 @@ TINY_SETS = [
 ]
 
 
-def test_cli_pretrain_gfp_then_probe(tmp_path) -> None:
+def test_cli_pretrain_gfp_then_probe(tmp_path, data_file) -> None:
     """skel synth -> prepare -> pretrain --method gfp --preset small (tiny) -> probe, all through CliRunner."""
     import json
 
@@ -229,12 +229,7 @@ def test_cli_pretrain_gfp_then_probe(tmp_path) -> None:
     from skelcli.engine.checkpoint import load_checkpoint
 
     runner = CliRunner()
-    r = runner.invoke(app, ["synth", "ntu60", "--out", str(tmp_path / "raw"), "--classes", "3", "--subjects", "2", "--setups", "1",
-                            "--replications", "1", "--min-frames", "40", "--max-frames", "80", "--no-faults", "--seed", "0"])
-    assert r.exit_code == 0, r.output
-    h5 = tmp_path / "tiny.h5"
-    r = runner.invoke(app, ["prepare", "ntu60", "--raw", str(tmp_path / "raw"), "--out", str(h5), "--workers", "1"])
-    assert r.exit_code == 0, r.output
+    h5 = data_file
     run = tmp_path / "run"
     args = ["pretrain", "--method", "gfp", "--preset", "small", "--data", str(h5), "--split", "xsub", "--epochs", "2",
             "--batch-size", "4", "--device", "cpu", "--out", str(run), "--no-progress", "--seed", "0"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from skelcli.cli._app import app
@@ -16,38 +15,6 @@ TINY = [
     "method.decoder.dim=16", "method.decoder.heads=2", "data.batch_size=3", "data.min_crop_frames=8",
     "optim.warmup_epochs=1", "runtime.checkpoint_every=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    """A tiny genuine prepared file: `skel synth` raw files -> `skel prepare` (9 xsub training clips).
-
-    Until `skel prepare` is registered, the same files go through the real NTU reader and store writer.
-    """
-    import numpy as np
-
-    from skelcli.cli._app import app
-    from skelcli.data import ntu, store
-
-    root = tmp_path_factory.mktemp("data")
-    runner = CliRunner()
-    r = runner.invoke(app, ["synth", "ntu60", "--out", str(root / "raw"), "--classes", "3", "--subjects", "2", "--setups", "1",
-                            "--replications", "1", "--min-frames", "40", "--max-frames", "80", "--no-faults", "--seed", "0"])
-    assert r.exit_code == 0, r.output
-    out = root / "tiny.h5"
-    if any(c.name == "prepare" for c in app.registered_commands):
-        r = runner.invoke(app, ["prepare", "ntu60", "--raw", str(root / "raw"), "--out", str(out), "--workers", "1"])
-        assert r.exit_code == 0, r.output
-        return out
-    cfg = ntu.NtuPrepareSettings.for_dataset("ntu60")
-    loaded = [ntu.load_sample(p, cfg) for p in sorted((root / "raw").glob("*.skeleton"))]
-    samples = [store.Sample(s.meta.name, s.joints, s.meta.label, s.meta.setup, s.meta.camera, s.meta.subject,
-                            s.meta.replication, s.num_actors) for s in loaded]
-    meta = {k: np.array([getattr(s.meta, k) for s in loaded]) for k in ("subject", "camera", "setup")}
-    store.write_store(out, samples, dataset="ntu60", num_classes=60,
-                      splits=ntu.ntu_splits("ntu60", meta["subject"], meta["camera"], meta["setup"]),
-                      rejected=[], preprocessing=cfg.model_dump(), source={"raw": "synthetic"}, force=False)
-    return out
 
 
 def _args(data_file: Path, out: Path, method: str = "mamp") -> list[str]:

@@ -8,7 +8,6 @@ function stays thin: parse -> settings -> call an importable function -> render.
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Callable
 
 import typer
