@@ -293,29 +293,26 @@ def test_class_separability_by_motion() -> None:
 
 
 def test_hard_classes_differ_only_in_coordination() -> None:
-    """difficulty="hard": classes 1-4 form one family (same DOFs, centres, amplitudes, tempo); only the
-    phase of the second DOF differs, so loop-direction pairs (pi/2 vs 3pi/2) visit the same poses."""
+    """difficulty="hard": classes 1-2 form one family (same DOFs, centres, amplitudes, tempo); only the
+    phase of the second DOF differs (in phase vs anti-phase), so mean pose and joint speeds agree."""
+    assert len(HARD_VARIANT_PHASES) == 2
     assert default_class_ids("ntu60", 8, "hard") == list(range(1, 9))
-    assert [hard_family(c) for c in (1, 4, 5, 12)] == [(0, 0), (0, 3), (1, 0), (2, 3)]
-    progs = [class_program(c, "ntu60", 0, "hard").actor for c in (1, 2, 3, 4)]
-    for p in progs[1:]:
-        assert [(d.dof, d.centre, d.amplitude, d.freq) for d in p.dofs] == [
-            (d.dof, d.centre, d.amplitude, d.freq) for d in progs[0].dofs
-        ]
+    assert [hard_family(c) for c in (1, 2, 3, 12)] == [(0, 0), (0, 1), (1, 0), (5, 1)]
+    progs = [class_program(c, "ntu60", 0, "hard").actor for c in (1, 2)]
+    assert [(d.dof, d.centre, d.amplitude, d.freq) for d in progs[1].dofs] == [
+        (d.dof, d.centre, d.amplitude, d.freq) for d in progs[0].dofs
+    ]
     rel = [(p.dofs[1].phase - p.dofs[0].phase) % (2 * np.pi) for p in progs]
     assert np.allclose(rel, HARD_VARIANT_PHASES)
-    other = class_program(5, "ntu60", 0, "hard").actor
-    assert [d.dof for d in other.dofs] != [d.dof for d in progs[0].dofs] or other.freq != progs[0].freq
-    # Same body and nuisance: variants 2 and 4 (opposite loop directions) visit the same poses at the
-    # same speeds, so mean pose and per-joint speed agree although the sequences differ.
+    others = {tuple(d.dof for d in class_program(c, "ntu60", 0, "hard").actor.dofs) for c in (1, 3, 5, 7, 9, 11)}
+    assert len(others) == 6  # six families, six different joint pairs
+    # Same body and nuisance: the two variants have nearly the same mean pose, but different sequences.
     from skelcli.data.synthetic import _REST, _animate, _Variation
 
     still = _Variation(1.0, 1.0, 0.0, np.zeros((25, 3)))
-    a, _ = _animate(progs[1], _REST, 300, still)
-    b, _ = _animate(progs[3], _REST, 300, still)
-    assert np.abs(a.mean(0) - b.mean(0)).max() < 0.03
-    speed = lambda x: np.linalg.norm(np.diff(x, axis=0), axis=-1).mean(0)  # noqa: E731
-    assert np.abs(speed(a) - speed(b)).max() < 0.002
+    a, _ = _animate(progs[0], _REST, 300, still)
+    b, _ = _animate(progs[1], _REST, 300, still)
+    assert np.abs(a.mean(0) - b.mean(0)).max() < 0.05
     assert np.abs(a - b).max() > 0.1
     # Deterministic per sample.
     s1 = generate_sequence(2, subject=1, difficulty="hard", frames=90)

@@ -28,7 +28,7 @@ def synth(
     no_faults: bool = typer.Option(False, "--no-faults", help="Write clean files (no spurious / noise bodies etc.)."),
     difficulty: str = typer.Option(
         "easy", "--difficulty",
-        help="easy | hard (classes in families of 4 that differ only in coordination; what the demo uses).",
+        help="easy | medium (easy classes, larger nuisance) | hard (pairs of classes that differ only in coordination).",
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory (same names are overwritten)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
