@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -125,7 +124,7 @@ def test_teacher_gets_no_gradient_and_moves_by_the_ema_rule() -> None:
     method.train()
     assert not method.teacher.training
     out = method(clip_batch())
-    assert set(out) >= {"loss", "glcl", "mfm", "koleo"} and math.isfinite(float(out["loss"]))
+    assert set(out) >= {"loss", "glcl", "mfm", "koleo"} and math.isfinite(float(out["loss"].detach()))
     out["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
     assert method.encoder.patch_embed.weight.grad is not None
@@ -231,16 +230,6 @@ def test_inference_flops_of_the_paper_encoders() -> None:
 # ----------------------------------------------------------------------------- end to end (CLI)
 
 
-def _cli_ready() -> bool:
-    try:
-        import skelcli.data.store  # noqa: F401
-        from skelcli.cli._app import app
-    except ImportError:
-        return False
-    names = {c.name for c in app.registered_commands}
-    return {"synth", "prepare", "pretrain", "probe"} <= names
-
-
 def _prepared(tmp_path, classes: int = 4):
     from typer.testing import CliRunner
 
@@ -273,7 +262,6 @@ def _probe_top1(runner, app, h5, ckpt, out_json, *extra: str) -> float:
     return float(json.loads(out_json.read_text())["top1"])
 
 
-@pytest.mark.skipif(not _cli_ready(), reason="needs skel synth/prepare/pretrain/probe")
 def test_cli_pretrain_slim_then_probe(tmp_path) -> None:
     from skelcli.engine.checkpoint import load_checkpoint
 
@@ -305,13 +293,16 @@ def test_iteration_based_epochs_cycle_the_data(tmp_path) -> None:
     assert ckpt["settings"]["method"]["iterations_per_epoch"] == 5
 
 
-@pytest.mark.skipif(not _cli_ready(), reason="needs skel synth/prepare/pretrain/probe")
-@pytest.mark.skipif(not os.environ.get("SKELCLI_SLOW_TESTS"), reason="slow learned-representation check; set SKELCLI_SLOW_TESTS=1")
 def test_slim_pretraining_beats_random_init_in_linear_probe(tmp_path) -> None:
-    """Opt-in: minutes of CPU. Measured (docs/slim.md): kNN top-1 0.688 vs 0.563, linear 0.701 vs 0.646."""
+    """About 100 s on one core. Measured (docs/slim.md, 12 easy synthetic classes, 180 steps): linear
+    top-1 0.701 vs 0.646 for a random encoder of the same shape, kNN 0.688 vs 0.563."""
     runner, app, h5 = _prepared(tmp_path, classes=12)
     run = tmp_path / "run"
     _pretrain(runner, app, h5, run, 20, "method.encoder.depth=2", "optim.lr=2e-3", batch=16)
-    trained = _probe_top1(runner, app, h5, run / "last.pt", tmp_path / "trained.json", "--protocol", "knn")
-    random = _probe_top1(runner, app, h5, run / "last.pt", tmp_path / "random.json", "--protocol", "knn", "--random-init")
-    assert trained > random + 0.05, (trained, random)
+    top1 = {}
+    for proto in ("linear", "knn"):
+        for kind, extra in (("trained", ()), ("random", ("--random-init",))):
+            top1[proto, kind] = _probe_top1(runner, app, h5, run / "last.pt", tmp_path / f"{proto}-{kind}.json",
+                                            "--protocol", proto, *extra)
+    assert top1["linear", "trained"] > top1["linear", "random"] + 0.03, top1
+    assert top1["knn", "trained"] > top1["knn", "random"] + 0.05, top1
