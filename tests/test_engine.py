@@ -73,7 +73,7 @@ def test_presets_and_resolution_order(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('[optim]\nepochs = 7\nlr = 2e-4\n[method]\nmask_ratio = 0.8\n')
     s = resolve_pretrain_settings("mae", "small", "ntu60", toml, ["optim.lr=3e-4"], None, None, epochs=9)
-    assert s.method.name == "mae" and s.method.mask_ratio == 0.8 and s.method.encoder.dim == 64
+    assert s.method.name == "mae" and s.method.mask_ratio == 0.8 and s.method.encoder.dim == 32  # small preset
     assert s.optim.lr == 3e-4 and s.optim.epochs == 9  # --set beats TOML, a CLI flag beats --set
 
 

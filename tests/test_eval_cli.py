@@ -119,7 +119,7 @@ def test_probe_sgd_head_and_random_init(files, tmp_path):
     r = run("probe", "-d", files["data"], "--random-init", "--protocol", "knn", "--out", tmp_path / "rnd", "--json", tmp_path / "rnd.json")
     assert r.exit_code == 0, r.output
     rnd = json.loads((tmp_path / "rnd.json").read_text())
-    assert rnd["method"] == "random" and rnd["feature_dim"] == 64  # small preset encoder
+    assert rnd["method"] == "random" and rnd["feature_dim"] == 32  # small preset encoder
 
 
 def test_retrieve_end_to_end(files, tmp_path):

@@ -42,8 +42,8 @@ def test_kernels_derived_from_segment_count_and_validated() -> None:
     assert derive_pool_kernels(16) == (4, 2, 2)
     assert derive_pool_kernels(6) == (3, 2, 1)
     small = GfpSettings(**GfpSettings.preset("small", "ntu60")["method"])
-    assert small.encoder.num_segments == 8 and small.resolved_pool_kernels() == (2, 2, 2)
-    assert small.level_shapes() == [(4, 25), (2, 25), (1, 25), (1, 1)]
+    assert small.encoder.num_segments == 4 and small.resolved_pool_kernels() == (2, 2, 1)
+    assert small.level_shapes() == [(2, 25), (1, 25), (1, 25), (1, 1)]  # kernel 1 repeats a level at 4 segments
     with pytest.raises(ValidationError, match="do not tile 8 temporal segments"):
         GfpSettings(encoder=dict(num_frames=32, t_patch=4), pool_kernels=(3, 2, 1))
     with pytest.raises(ValidationError, match="level_blocks needs 3"):
@@ -240,7 +240,7 @@ def test_cli_pretrain_gfp_then_probe(tmp_path, data_file) -> None:
 
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["method"] == "gfp" and list(ckpt["pretraining_only"]) == ["decoder", "tgn"]
-    assert ckpt["settings"]["method"]["tau"] == 0.80 and ckpt["encoder_config"]["num_frames"] == 32
+    assert ckpt["settings"]["method"]["tau"] == 0.80 and ckpt["encoder_config"]["num_frames"] == 16
     assert not any(k.startswith(("decoder", "tgn")) for k in ckpt["encoder"])
     assert any(k.startswith("tgn.mlps.3") for k in ckpt["model"]) and any(k.startswith("decoder.levels") for k in ckpt["model"])
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in line]

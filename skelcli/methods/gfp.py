@@ -180,7 +180,7 @@ class GfpSettings(StrictModel):
                 decoder_dim=SMALL_DECODER["dim"],
                 decoder_heads=SMALL_DECODER["heads"],
                 level_blocks=(1, 1, 1, 1),
-                target_dim=64,
+                target_dim=32,
                 tgn_hidden=(128, 128, 128, 512),
             )
         out["method"] = method
