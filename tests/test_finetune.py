@@ -14,6 +14,7 @@ from skelcli.errors import SkelError
 from skelcli.eval.finetune import FinetuneSettings, carve_validation, finetune_once, missing_classes, select_subset
 from skelcli.eval.heads import FinetuneModel, MampFinetuneHead, finetune_param_groups, head_config_for, layer_decay_multipliers
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
+from helpers import toy_split
 
 
 def test_layer_decay_matches_the_hand_table():
@@ -100,28 +101,10 @@ def test_full_fraction_keeps_everything_and_validation_is_disjoint():
     assert len(va) == 20 and len(tr) == 80 and set(tr).isdisjoint(va) and set(tr) | set(va) == set(range(100))
 
 
-def _toy_split(n_per: int, classes: int, seed: int):
-    """Clips whose class sets a constant pose offset (same construction as tests/test_probe.py)."""
-    from skelcli.eval.features import SplitData
-
-    rng = np.random.default_rng(seed)
-    parts, labels = [], []
-    for c in range(classes):
-        for _ in range(n_per):
-            t = int(rng.integers(12, 20))
-            clip = np.zeros((t, 2, 25, 3), dtype=np.float32)
-            clip[:, 0] = 0.1 * rng.normal(size=(t, 25, 3)) + (c - classes / 2)
-            parts.append(clip)
-            labels.append(c)
-    lengths = np.array([p.shape[0] for p in parts])
-    return SplitData(np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)]), np.array(labels), lengths, "toy", classes,
-                     [f"s{i}" for i in range(len(labels))])
-
-
 def test_tiny_finetune_run_learns_and_reports():
     s = FinetuneSettings(epochs=3, batch_size=8, lr=2e-3, warmup_epochs=1, head_hidden=32, min_crop_frames=4, device="cpu", eval_batch_size=32)
     cfg = EncoderConfig(num_frames=8, t_patch=4, dim=16, depth=1, heads=2)
-    train, test = _toy_split(6, 3, 0), _toy_split(3, 3, 1)
+    train, test = toy_split(6, 3, 0), toy_split(3, 3, 1)
     val = train.subset(np.arange(0, 18, 6))
     res = finetune_once(cfg, None, train, test, 3, s, seed=0, val=val)
     assert [h["epoch"] for h in res["history"]] == [1, 2, 3]

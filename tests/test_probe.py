@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from skelcli.eval.features import SplitData, encode_views, pool_persons
+from skelcli.eval.features import encode_views, pool_persons
 from skelcli.eval.heads import LinearProbeHead
 from skelcli.eval.probe import knn_probe, sgd_linear_probe, sklearn_linear_probe
 from skelcli.eval.report import classification_metrics, confusion_matrix, save_confusion
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
+from helpers import toy_split
 
 
 def clusters(n_per: int, classes: int, dim: int = 16, spread: float = 0.05, seed: int = 0):
@@ -105,29 +106,13 @@ def test_linear_probe_head_init():
     assert torch.all(head.fc.bias == 0)
 
 
-def _toy_split(n_per: int, classes: int, seed: int) -> SplitData:
-    """Clips whose class sets a constant pose offset: easy for any encoder."""
-    rng = np.random.default_rng(seed)
-    parts, labels = [], []
-    for c in range(classes):
-        for _ in range(n_per):
-            t = int(rng.integers(12, 20))
-            clip = np.zeros((t, 2, 25, 3), dtype=np.float32)
-            clip[:, 0] = 0.1 * rng.normal(size=(t, 25, 3)) + (c - classes / 2)
-            parts.append(clip)
-            labels.append(c)
-    lengths = np.array([p.shape[0] for p in parts])
-    return SplitData(np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)]), np.array(labels), lengths, "toy", classes,
-                     [f"s{i}" for i in range(len(labels))])
-
-
 def test_sgd_head_reports_last_and_best_epoch():
     from skelcli.eval.features import features_of
     from skelcli.settings import DataSettings
 
     torch.manual_seed(0)
     enc = SkeletonEncoder(EncoderConfig(num_frames=8, t_patch=4, dim=16, depth=1, heads=2))
-    train, test = _toy_split(6, 3, 0), _toy_split(3, 3, 1)
+    train, test = toy_split(6, 3, 0), toy_split(3, 3, 1)
     te_x = features_of(enc, test, batch_size=16, device="cpu")
     res = sgd_linear_probe(enc, train, te_x, test.labels, 3, epochs=4, batch_size=8,
                            data_settings=DataSettings(min_crop_frames=4), seed=0)
