@@ -214,3 +214,18 @@ def test_sinkhorn_knopp_balances_over_the_global_batch(tmp_path):
     q = torch.cat([torch.load(tmp_path / f"q{r}.pt") for r in range(2)])
     torch.testing.assert_close(q, sinkhorn_knopp(logits, 0.07), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(q.sum(dim=1), torch.ones(12))
+
+
+def test_finetune_under_torchrun_two_processes(data_file, tmp_path):
+    """`torchrun -m skelcli finetune` (gloo): DDP over the global batch, one writer, one console."""
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "skelcli", "finetune",
+           "--from-scratch", "--data", str(data_file), "--split", "xsub", "--preset", "small", "--epochs", "2",
+           "--batch-size", "4", "--device", "cpu", "--out", str(out), "--json", str(tmp_path / "ft.json")]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "ft.json").read_text())
+    run = res["runs"][0]
+    assert run["epochs"] == 2 and run["steps"] == 2 * (run["n_train"] // 4)  # global batch 4 split over 2 ranks
+    assert (out / "finetuned.pt").is_file() and (out / "metrics.json").is_file()
+    assert r.stdout.count("JSON written to") == 1  # rank-0 console only

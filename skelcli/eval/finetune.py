@@ -170,7 +170,12 @@ def finetune_once(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one encoder + head. ``train``/``test``/``val`` are SplitData; ``encoder_state`` None =
-    random init. Returns history, last/best metrics and the trained model (key "model")."""
+    random init. Returns history, last/best metrics and the trained model (key "model").
+
+    Under torchrun the model is wrapped in DDP and every global batch (``settings.batch_size``
+    clips, the same order on every rank) is split across the processes, so the effective batch and
+    the learning rate do not depend on the process count; every rank evaluates the same synced model.
+    """
     from skelcli.data.clips import train_view
     from skelcli.engine.schedule import LRSchedule
     from skelcli.eval.features import iter_batches, resolve_device
@@ -179,14 +184,27 @@ def finetune_once(
     from skelcli.models.encoder import SkeletonEncoder
     from skelcli.settings import DataSettings
 
+    from skelcli.engine.dist import context_of_group, init_distributed, quiet_non_main
+
     s = settings
     dev = resolve_device(s.device)
+    ctx = context_of_group(dev)
+    if ctx is None:
+        ctx = init_distributed(str(dev.type) if dev.type == "cpu" else "auto")
+        quiet_non_main(ctx)
+    if ctx.distributed:
+        dev = ctx.device
     torch.manual_seed(seed)
     cfg = encoder_config.model_copy(update={"drop_path": s.drop_path})
     encoder = SkeletonEncoder(cfg)
     if encoder_state is not None:
         encoder.load_state_dict(encoder_state)
     model = FinetuneModel(encoder, head_config_for(encoder, num_classes, s.head_dropout, s.head_hidden)).to(dev)
+    forward = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     layer_decay = 1.0 if encoder_state is None else s.layer_decay
     opt = torch.optim.AdamW(finetune_param_groups(model, s.weight_decay, layer_decay), lr=s.lr, betas=s.betas)
     n = len(train)
@@ -208,11 +226,14 @@ def finetune_once(
         perm = order_rng.permutation(n)
         losses = []
         for idx in list(iter_batches(n, batch_size))[:steps_per_epoch]:
-            batch = train.batch(perm[idx], dev)
+            rows = perm[idx]
+            if ctx.distributed:  # this rank's share of the global batch
+                rows = np.array_split(rows, ctx.world_size)[ctx.rank]
+            batch = train.batch(rows, dev)
             views = train_view(batch, frames, aug, generator=gen)
             sched.apply(step)
             with _autocast(dev):
-                logits = model(views)
+                logits = forward(views)
             loss = torch.nn.functional.cross_entropy(logits.float(), batch.label, label_smoothing=s.label_smoothing)
             if not torch.isfinite(loss):
                 raise SkelError(f"non-finite fine-tuning loss at step {step} (epoch {epoch + 1}); lower the learning rate")
@@ -265,6 +286,7 @@ def run_finetune(
     """Full ``skel finetune``: load checkpoint and data, draw subsets, run ``repeats`` seeds, write the
     run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary."""
     from skelcli.engine.checkpoint import load_encoder, save_checkpoint
+    from skelcli.engine.dist import is_main_process
     from skelcli.eval.features import data_fingerprint, data_info, load_split
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
     from skelcli.settings import to_jsonable
@@ -315,19 +337,21 @@ def run_finetune(
         run_dir = out_dir if s.repeats == 1 else out_dir / f"repeat-{r}"
         files = save_confusion(res.pop("confusion"), run_dir, class_names=getattr(dinfo, "class_names", None))
         model = res.pop("model")
-        ckpt_path = save_checkpoint(run_dir / "finetuned.pt", {
-            "method": pretrain["method"] or "scratch",
-            "settings": {"finetune": to_jsonable(s), "preset": preset},
-            "encoder_config": to_jsonable(model.encoder.config),
-            "encoder": model.encoder.state_dict(),
-            "head": model.head.state_dict(),
-            "head_config": model.head_config,
-            "pretraining_only": [],
-            "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol, "fingerprint": data_fingerprint(data_path)},
-            "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
-            "epoch": s.epochs,
-            "step": res["steps"],
-        })
+        ckpt_path = run_dir / "finetuned.pt"
+        if is_main_process():  # one writer under torchrun; every rank holds the same model
+            save_checkpoint(ckpt_path, {
+                "method": pretrain["method"] or "scratch",
+                "settings": {"finetune": to_jsonable(s), "preset": preset},
+                "encoder_config": to_jsonable(model.encoder.config),
+                "encoder": model.encoder.state_dict(),
+                "head": model.head.state_dict(),
+                "head_config": model.head_config,
+                "pretraining_only": [],
+                "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol, "fingerprint": data_fingerprint(data_path)},
+                "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
+                "epoch": s.epochs,
+                "step": res["steps"],
+            })
         res.update({"repeat": r, "train_clips": int(len(tr_idx)), "confusion_files": files, "checkpoint": str(ckpt_path)})
         runs.append(jsonable_metrics(res))
     summary: dict[str, Any] = {
