@@ -71,3 +71,22 @@ def test_bad_input_gives_one_line_errors(data_file, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, _args(data_file, tmp_path / "mae_run", "mae") + ["--resume", str(tmp_path / "mamp_run" / "last.pt")])
     assert r.exit_code != 0 and "checkpoint of method 'mamp'" in r.output
+
+
+def test_resume_refuses_a_data_file_rewritten_after_the_run_started(data_file, tmp_path):
+    """Issue 7: a data file modified after a run started is detected on resume (and --force overrides)."""
+    import os
+    import shutil
+
+    data = tmp_path / "copy.h5"
+    shutil.copy2(data_file, data)
+    out = tmp_path / "run"
+    runner = CliRunner()
+    r = runner.invoke(app, _args(data, out))
+    assert r.exit_code == 0, r.output
+    st = data.stat()
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten in place: same size, new mtime
+    r = runner.invoke(app, [*_args(data, out), "--resume", "auto"])
+    assert r.exit_code != 0 and "changed since the run started" in r.output
+    r = runner.invoke(app, [*_args(data, out), "--resume", "auto", "--force"])
+    assert r.exit_code == 0, r.output

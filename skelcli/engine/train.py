@@ -120,8 +120,11 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: tuple[str, ..
 
 
 def data_fingerprint(path: Path, info: Any, split: str, n_train: int) -> dict[str, Any]:
-    """What identifies the training data: file size, sample count, split size (detects a changed file)."""
-    return {"size": Path(path).stat().st_size, "num_samples": int(info.num_samples), "split": split, "train_samples": int(n_train)}
+    """What identifies the training data: file size and modification time, sample count, split size
+    (a file rewritten after the run started is detected on resume; moving it with its mtime is fine)."""
+    st = Path(path).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "num_samples": int(info.num_samples), "split": split,
+            "train_samples": int(n_train)}
 
 
 def _checkpoint_candidates(run_dir: Path) -> list[Path]:
