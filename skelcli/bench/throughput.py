@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from skelcli.engine.dist import autocast_context, resolve_device  # noqa: F401 (re-exported for report.py)
+from skelcli.engine.dist import autocast_context, resolve_device  # noqa: F401 (resolve_device re-exported for report.py)
 from skelcli.errors import SkelError
 
 
@@ -140,11 +140,6 @@ class PeakMemory:
 
 
 # ----------------------------------------------------------------------------- setup
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for ``--precision bf16``; plain fp32 otherwise (the benchmark never uses "auto")."""
-    return autocast_context(device, precision)
-
-
 def method_registry() -> tuple[Callable[[str], type], list[str]]:
     """Import the method package (every method module registers itself) -> (get_method, names)."""
     try:
@@ -206,7 +201,7 @@ def train_step_fn(method, optimizer, batch, device: torch.device, precision: str
     counter = {"step": 0}
 
     def step() -> None:
-        with autocast(device, precision):
+        with autocast_context(device, precision):
             out = fwd(get_batch())
         out["loss"].backward()
         optimizer.step()
@@ -279,7 +274,7 @@ def measure_inference(method, cfg: BenchConfig, device: torch.device) -> dict[st
         return torch.randn(n * 2, ecfg.num_frames, ecfg.num_joints, ecfg.in_chans, device=device)
 
     def timed(fn: Callable[[], object], iters: int) -> Timing:
-        with torch.inference_mode(), autocast(device, cfg.precision):
+        with torch.inference_mode(), autocast_context(device, cfg.precision):
             return StepTimer(device).measure(fn, iters=iters, warmup=max(cfg.warmup, 1), repeats=cfg.repeats)
 
     x1 = clips(1)

@@ -173,7 +173,8 @@ def encoder_hash(encoder: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def data_fingerprint(path: str | Path) -> str:
+def file_fingerprint(path: str | Path) -> str:
+    """16 hex digits identifying a data file by resolved path, size and mtime (feature-cache key)."""
     p = Path(path).resolve()
     st = p.stat()
     return hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -259,7 +260,7 @@ def extract_features(
         key = json.dumps(
             {
                 "enc": encoder_hash(encoder),
-                "data": data_fingerprint(data_path),
+                "data": file_fingerprint(data_path),
                 "split": [protocol, part],
                 "crop": test_crop,
                 "pool": pool,

@@ -150,11 +150,10 @@ def evaluate_logits(model: torch.nn.Module, split, *, batch_size: int, device: t
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
+    """bf16 on CUDA, fp32 on CPU (the engine's "auto" precision)."""
+    from skelcli.engine.dist import autocast_context
 
-    return contextlib.nullcontext()
+    return autocast_context(device, "auto")
 
 
 def finetune_once(
@@ -287,7 +286,7 @@ def run_finetune(
     run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary."""
     from skelcli.engine.checkpoint import load_encoder, save_checkpoint
     from skelcli.engine.dist import is_main_process
-    from skelcli.eval.features import data_fingerprint, data_info, load_split
+    from skelcli.eval.features import data_info, file_fingerprint, load_split
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
     from skelcli.settings import to_jsonable
 
@@ -347,7 +346,7 @@ def run_finetune(
                 "head": model.head.state_dict(),
                 "head_config": model.head_config,
                 "pretraining_only": [],
-                "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol, "fingerprint": data_fingerprint(data_path)},
+                "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol, "fingerprint": file_fingerprint(data_path)},
                 "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
                 "epoch": s.epochs,
                 "step": res["steps"],
