@@ -32,3 +32,25 @@ def data_file(tmp_path_factory) -> Path:
     r = runner.invoke(app, ["prepare", "ntu60", "--raw", str(root / "raw"), "--out", str(out), "--workers", "1"])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.fixture(scope="session")
+def medium_h5(tmp_path_factory) -> Path:
+    """The demo's synthetic set (helpers.MEDIUM_SYNTH: 768 clips, 16 classes), prepared once per test
+    session: pytest-xdist workers share one copy through a lock file in the session's temp folder.
+    Tests must not modify it."""
+    import fcntl
+    import os
+
+    from helpers import medium_data
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "medium_shared"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "ready"
+        if not done.exists():
+            medium_data(root)
+            done.write_text("ok\n")
+    return root / "medium.h5"

@@ -1,23 +1,46 @@
-"""`skel demo` (what `make demo` runs), shortened: one method, one epoch, no benchmark."""
+"""`skel demo` (what `make demo` runs), shortened: one epoch, no benchmark; the verdict words."""
 
 import json
 
 from typer.testing import CliRunner
 
 from skelcli.cli import app
+from skelcli.demo import verdict
 
 
-def test_demo_runs_the_chain_and_writes_its_summary(tmp_path):
+def test_demo_runs_the_chain_side_by_side_and_writes_its_summary(tmp_path):
+    """Two methods in spawned single-thread workers (--parallel 2): their progress lines reach the
+    parent's output, methods of one encoder shape share one random-encoder baseline, and the table is not
+    cut to 80 columns when the output is not a terminal."""
     out = tmp_path / "demo"
-    r = CliRunner().invoke(app, ["demo", "--out", str(out), "--methods", "mamp,nosuch", "--epochs", "1", "--no-benchmark", "--quiet"])
+    r = CliRunner().invoke(app, ["demo", "--out", str(out), "--methods", "mae,mamp,nosuch", "--epochs", "1", "--no-benchmark",
+                                 "--parallel", "2"])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "demo.json").read_text())
     assert summary["synth"]["files"] == 768 and summary["prepare"]["kept"] > 700
     assert summary["prepare"]["splits"]["xsub"]["train"] > 0
-    mamp = summary["methods"]["mamp"]
-    assert mamp["pretrain"]["epochs"] == 1 and mamp["pretrain"]["steps"] > 0
-    for key in ("linear", "knn"):
-        assert 0.0 <= mamp[key] <= 1.0 and 0.0 <= mamp["random_init"][key] <= 1.0
-    assert "nosuch" not in summary["methods"] and "skipping nosuch" in r.output
-    assert (out / "runs" / "mamp" / "last.pt").is_file() and (out / "runs" / "mamp" / "probe-linear" / "metrics.json").is_file()
-    assert "frozen-encoder" in r.output and "gain" in r.output  # the comparison table (wrapped at 80 columns)
+    assert set(summary["methods"]) == {"mae", "mamp"} and "skipping nosuch" in r.output
+    steps = summary["methods"]["mae"]["pretrain"]["steps"]
+    for name in ("mae", "mamp"):
+        e = summary["methods"][name]
+        assert e["pretrain"]["epochs"] == 1 and e["pretrain"]["steps"] == steps > 0
+        for key in ("linear", "knn"):
+            assert 0.0 <= e[key] <= 1.0 and 0.0 <= e["random_init"][key] <= 1.0
+        assert (e["clear_win"], e["verdict"]) == verdict(e, 0.05)
+        assert f"pretrain {name}: {steps}/{steps} (100%)" in r.output  # LineProgress, relayed from the worker
+        assert (out / "runs" / name / "last.pt").is_file() and (out / "runs" / name / "probe-linear" / "metrics.json").is_file()
+        row = next(line for line in r.output.splitlines() if "│" in line and line.strip("│ ").startswith(name))
+        assert e["verdict"] in row
+    assert summary["methods"]["mae"]["random_init"] == summary["methods"]["mamp"]["random_init"]
+    assert {summary["methods"][m]["random_init_from"] for m in ("mae", "mamp")} == {"mae"}
+    header = next(line for line in r.output.splitlines() if "method" in line and "kNN" in line)
+    assert "verdict" in header and len(header) > 80
+
+
+def test_verdict_words():
+    entry = {"linear": 0.90, "knn": 0.85, "random_init": {"linear": 0.80, "knn": 0.70}}
+    assert verdict(entry, 0.05) == (True, "beats a random encoder: linear +10.0, kNN +15.0 points")
+    entry["knn"] = 0.72
+    assert verdict(entry, 0.05) == (False, "beats a random encoder by less than 5 points: linear +10.0, kNN +2.0 points")
+    entry["knn"] = 0.60
+    assert verdict(entry, 0.05) == (False, "does NOT beat a random encoder: linear +10.0, kNN -10.0 points")

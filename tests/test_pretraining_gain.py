@@ -1,13 +1,11 @@
-"""What pretraining buys, measured end to end through the CLI on synthetic data (issues 3 and 6; GFP: test_pretraining_gain_gfp.py).
+"""What pretraining buys, measured end to end through the CLI on the demo's data (helpers.MEDIUM_SYNTH):
+MAMP here; MAE, GFP and SLiM in test_pretraining_gain_{mae,gfp,slim}.py (one file each, so that
+pytest-xdist runs them side by side).
 
-Data: `skel synth ntu60 --difficulty medium --classes 16 --subjects 4 --setups 2 --no-faults --seed 0`
-(768 clips; 384 xsub training clips). Budget: the `small` preset (16 frames, width 32, depth 2,
-150 epochs = 900 steps, about 100 s on one core). Measured with these settings (seed 0; seed 1 in
-brackets): MAMP linear top-1 0.872 vs 0.786 for a random encoder of the same shape (0.797 vs 0.750);
-fine-tuning on 10% of the labels, last-epoch top-1 0.628 vs 0.589 from scratch (0.617 vs 0.529).
-GFP (small preset, 900 steps): 0.854 vs 0.786 (0.891 vs 0.750). Shorter pretraining (600 steps or
-fewer) did not beat the random encoder, and neither did the same budget on easier data, where random
-features already reach 87%.
+Every check follows helpers.assert_gain: the margin sits well under the smallest gain measured over
+seeds. MAMP, measured against the seed-0 random encoder of the same shape (linear 0.774, kNN 0.739):
+training seed 0 gives 0.888 / 0.809 (+11.4 / +6.9 points), training seed 1 0.872 / 0.819 (+9.8 / +8.0);
+the margin (3 points, 11 test clips) sits 3.9 points under the smallest.
 """
 
 from __future__ import annotations
@@ -15,25 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import json_top1, linear_probe_vs_random, medium_data, pretrain_small
+from helpers import assert_gain, json_top1, pretrain_small, probe_vs_random
+
+MARGIN = 0.03
+FINETUNE_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("gain")
-    h5 = medium_data(root)
-    return h5, pretrain_small(h5, "mamp", root / "mamp")
+def mamp_checkpoint(medium_h5, tmp_path_factory) -> Path:
+    return pretrain_small(medium_h5, "mamp", tmp_path_factory.mktemp("gain") / "mamp")
 
 
-def test_mamp_pretraining_beats_a_random_encoder_in_linear_probe(pretrained, tmp_path):
-    trained, random = linear_probe_vs_random(*pretrained, tmp_path)
-    assert trained >= random + 0.05, (trained, random)
+def test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes(medium_h5, mamp_checkpoint, tmp_path):
+    assert_gain(probe_vs_random(medium_h5, mamp_checkpoint, tmp_path), MARGIN)
 
 
-def test_finetuning_the_pretrained_encoder_beats_from_scratch(pretrained, tmp_path):
-    h5, ckpt = pretrained
-    common = ["finetune", "--data", str(h5), "--split", "xsub", "--preset", "small", "--label-fraction", "0.1", "--balanced",
-              "--epochs", "30", "--device", "cpu", "--seed", "0", "--checkpoint", str(ckpt)]
+def test_finetuning_the_pretrained_encoder_beats_from_scratch(medium_h5, mamp_checkpoint, tmp_path):
+    """10 % of the labels (balanced, 38 clips), 30 epochs, the mean of 3 label subsets (seeds 0, 1, 2) with
+    the same subsets for both. One subset is far too noisy to decide on (measured last-epoch top-1 per
+    subset, pretrained / scratch: 0.660 / 0.625, 0.654 / 0.497, 0.657 / 0.505: paired gains of +3.5, +15.7
+    and +15.2 points); the means are 0.657 and 0.542 (+11.5), and the margin is 5 points."""
+    common = ["finetune", "--data", str(medium_h5), "--split", "xsub", "--preset", "small", "--label-fraction", "0.1", "--balanced",
+              "--epochs", "30", "--repeats", "3", "--device", "cpu", "--seed", "0", "--checkpoint", str(mamp_checkpoint)]
     tuned = json_top1([*common, "--out", str(tmp_path / "ft")], tmp_path / "ft.json", "last_top1")
     scratch = json_top1([*common, "--from-scratch", "--out", str(tmp_path / "scratch")], tmp_path / "scratch.json", "last_top1")
-    assert tuned > scratch + 0.02, (tuned, scratch)
+    assert_gain({"finetune": (tuned, scratch)}, FINETUNE_MARGIN)

@@ -1,14 +1,15 @@
-"""GFP's pretraining gain through the CLI (issue 4), on the data of test_pretraining_gain.py.
+"""GFP's pretraining gain through the CLI, on the demo's data (helpers.MEDIUM_SYNTH).
 
-Measured with the small preset, which uses the spec's var 5 / cov 1 guard (docs/gfp.md): linear top-1
-0.854 vs 0.786 for a random encoder of the same shape (seed 1: 0.891 vs 0.750); the paper's literal loss
-weights gave 0.831 vs 0.786 and 0.659 vs 0.750.
+Measured against the seed-0 random encoder of the same shape (linear 0.774, kNN 0.739): training seed 0
+gives 0.904 / 0.907 (+13.0 / +16.8 points), training seed 1 0.880 / 0.835 (+10.6 / +9.6). The margin
+(3 points) sits 6.6 points under the smallest of them.
 """
 
-from helpers import linear_probe_vs_random, medium_data, pretrain_small
+from helpers import assert_gain, pretrain_small, probe_vs_random
+
+MARGIN = 0.03
 
 
-def test_gfp_pretraining_beats_a_random_encoder_in_linear_probe(tmp_path):
-    h5 = medium_data(tmp_path)
-    trained, random = linear_probe_vs_random(h5, pretrain_small(h5, "gfp", tmp_path / "gfp"), tmp_path)
-    assert trained >= random + 0.04, (trained, random)
+def test_gfp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes(medium_h5, tmp_path):
+    ckpt = pretrain_small(medium_h5, "gfp", tmp_path / "gfp")
+    assert_gain(probe_vs_random(medium_h5, ckpt, tmp_path), MARGIN)

@@ -192,7 +192,8 @@ def test_presets_resolve_through_the_settings_layers() -> None:
     assert paper.data.batch_size == 768 and paper.method.iterations_per_epoch == 1250
     small = resolve_pretrain_settings("slim", "small", "ntu60", overrides=["method.encoder.depth=2"])
     enc = small.method.encoder
-    assert (enc.dim, enc.depth, enc.heads, enc.t_patch, enc.ffn, enc.pool) == (64, 2, 4, 8, "swiglu", "cls_mean")
+    assert (enc.dim, enc.depth, enc.heads, enc.t_patch, enc.ffn, enc.pool) == (32, 2, 4, 8, "swiglu", "cls_mean")
+    assert enc.num_frames == 32 and small.method.local_frames == (16, 8, 8, 8)
 
 
 # ----------------------------------------------------------------------------- FLOPs (spec 5.2)
@@ -271,7 +272,7 @@ def test_cli_pretrain_slim_then_probe(tmp_path) -> None:
               "method.num_prototypes=64", "method.head_hidden_dim=32", "method.head_bottleneck_dim=16")
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["method"] == "slim" and ckpt["encoder_config"]["pool"] == "cls_mean"
-    assert ckpt["encoder_config"]["num_frames"] == 64
+    assert ckpt["encoder_config"]["num_frames"] == 32
     teacher = {k[len("teacher.encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("teacher.encoder.")}
     assert teacher and all(torch.equal(teacher[k], v) for k, v in ckpt["encoder"].items())  # downstream = teacher
     top1 = _probe_top1(runner, app, h5, run / "last.pt", tmp_path / "probe.json", "--protocol", "knn", "--k", "5")
@@ -291,18 +292,3 @@ def test_iteration_based_epochs_cycle_the_data(tmp_path) -> None:
     ckpt = load_checkpoint(run / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (2, 10)
     assert ckpt["settings"]["method"]["iterations_per_epoch"] == 5
-
-
-def test_slim_pretraining_beats_random_init_in_linear_probe(tmp_path) -> None:
-    """About 100 s on one core. Measured (docs/slim.md, 12 easy synthetic classes, 180 steps): linear
-    top-1 0.701 vs 0.646 for a random encoder of the same shape, kNN 0.688 vs 0.563."""
-    runner, app, h5 = _prepared(tmp_path, classes=12)
-    run = tmp_path / "run"
-    _pretrain(runner, app, h5, run, 20, "method.encoder.depth=2", "optim.lr=2e-3", batch=16)
-    top1 = {}
-    for proto in ("linear", "knn"):
-        for kind, extra in (("trained", ()), ("random", ("--random-init",))):
-            top1[proto, kind] = _probe_top1(runner, app, h5, run / "last.pt", tmp_path / f"{proto}-{kind}.json",
-                                            "--protocol", proto, *extra)
-    assert top1["linear", "trained"] > top1["linear", "random"] + 0.03, top1
-    assert top1["knn", "trained"] > top1["knn", "random"] + 0.05, top1

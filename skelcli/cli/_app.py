@@ -8,6 +8,7 @@ function stays thin: parse -> settings -> call an importable function -> render.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import typer
@@ -16,8 +17,25 @@ from rich.console import Console
 from skelcli import __version__
 from skelcli.errors import SkelError
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width for output that is not a terminal (a log file, a pipe, CI), where rich would cut tables to 80
+#: columns (or to an exported COLUMNS); the environment variable SKEL_WIDTH overrides it.
+LOG_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console; written to a file or pipe it is SKEL_WIDTH (default LOG_WIDTH) columns wide."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal:
+        return probe
+    try:
+        width = max(40, int(os.environ.get("SKEL_WIDTH", LOG_WIDTH)))
+    except ValueError:
+        width = LOG_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 app = typer.Typer(
     name="skel",

@@ -101,23 +101,18 @@ def _fingerprint(kind: str, files: Sequence[Path], settings, extra: str = "") ->
 
 
 def _pool_map(fn, jobs: list, workers: int, progress: bool, label: str) -> Iterator:
-    """Ordered map over jobs, in a process pool when workers > 1, with a rich files/s bar."""
+    """Ordered map over jobs, in a process pool when workers > 1, with a files/s bar (plain progress
+    lines when the console is not a terminal, :mod:`skelcli.progress`)."""
     from contextlib import ExitStack
 
     with ExitStack() as stack:
         bar = None
         if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             from skelcli.cli._app import console
+            from skelcli.progress import step_progress
 
-            bar = stack.enter_context(
-                Progress(
-                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} files/s"), TimeRemainingColumn(), console=console, transient=False,
-                )
-            )
-            task = bar.add_task(label, total=len(jobs), rate="-")
+            bar = step_progress(label, len(jobs), console=console, fields=("rate",))
+            stack.callback(bar.close)
         t0 = time.perf_counter()
         if workers > 1 and len(jobs) > 1:
             import multiprocessing as mp
@@ -129,7 +124,7 @@ def _pool_map(fn, jobs: list, workers: int, progress: bool, label: str) -> Itera
         for k, res in enumerate(it, 1):
             if bar is not None:
                 dt = time.perf_counter() - t0
-                bar.update(task, advance=1, rate=f"{k / dt:.0f}" if dt > 0 else "-")
+                bar.update(completed=k, rate=f"{k / dt:.0f} files/s" if dt > 0 else "-")
             yield res
 
 

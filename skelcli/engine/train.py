@@ -236,7 +236,7 @@ def pretrain(
     *,
     resume: str | Path | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     callbacks: list[Any] | None = None,
     console: Any = None,
     ctx: Any = None,
@@ -247,6 +247,8 @@ def pretrain(
     resume: None (fresh run), "auto" (newest valid checkpoint in ``out_dir``, a fresh run if none)
     or a checkpoint path. callbacks: objects with optional ``on_step_end(info)`` /
     ``on_epoch_end(info)``; ``info`` holds ``method`` (the unwrapped module), ``epoch``, ``step``, ``loss``.
+    progress: True (a rich bar on an interactive console, plain lines in a log file or pipe),
+    "lines" (always plain lines: parallel workers) or False.
     ctx: a :class:`~skelcli.engine.dist.DistContext`; by default it is read from the torchrun
     environment (RANK, WORLD_SIZE, LOCAL_RANK), i.e. a single process when those are unset.
     max_per_device_batch: largest micro-batch per process; above it gradients are accumulated
@@ -424,15 +426,10 @@ def pretrain(
         )
     bar = None
     if is_main and progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from skelcli.progress import step_progress
 
-        bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"), TextColumn("{task.fields[rate]} samples/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
-        )
-        task = bar.add_task(f"pretrain {method_name}", total=total_steps, completed=step, loss="-", lr="-", rate="-")
-        bar.start()
+        bar = step_progress(f"pretrain {method_name}", total_steps, completed=step, console=console,
+                            fields=("loss", "lr", "rate"), lines=None if progress is True else progress == "lines")
 
     last_ckpt: Path | None = resume_path
     final_loss = float("nan")
@@ -505,10 +502,10 @@ def pretrain(
                         log({"kind": "step", "epoch": epoch, "step": step, **terms, "lr": lr, "samples_per_s": rate,
                              "data_wait_share": window_wait / dt, **method.log_metrics()})
                         if bar is not None:
-                            bar.update(task, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f}")
+                            bar.update(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f} samples/s")
                         window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
                     if bar is not None:
-                        bar.update(task, completed=step)
+                        bar.update(completed=step)
                     _call(callbacks, "on_step_end", {"method": method, "epoch": epoch, "step": step, "loss": loss_value})
                     # all ranks agree on stopping at the same step boundary (a signal may reach them at different times)
                     stop_agreed = any_rank(stop.received is not None, ctx)
@@ -537,7 +534,7 @@ def pretrain(
         batches.close()  # stops the loader's prefetch thread
         method.sample_draws = None
         if bar is not None:
-            bar.stop()
+            bar.close()
         if metrics_fh is not None:
             metrics_fh.close()
         close = getattr(loader, "close", None)
