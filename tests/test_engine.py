@@ -128,6 +128,27 @@ def test_run_folder_checkpoints_and_metrics(data_file, tmp_path):
         pretrain(_settings(data_file, "mae"), tmp_path / "other", resume=run / "last.pt", progress=False)
 
 
+def test_a_folder_with_checkpoints_is_never_overwritten_without_resume(data_file, tmp_path):
+    """Copied checkpoints without their settings.json: a fresh run is refused and every file stays
+    byte-identical; --force moves the old files into old-<time>/ instead of deleting them (issue 12)."""
+    s = _settings(data_file)
+    run = tmp_path / "run"
+    pretrain(s, run, progress=False)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in run.iterdir():
+        if p.is_file() and p.name != "settings.json":
+            (copy / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(SkelError, match="already holds checkpoints"):
+        pretrain(s, copy, progress=False)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    pretrain(s, copy, force=True, progress=False)
+    (old,) = list(copy.glob("old-*"))
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert (copy / "last.pt").is_file() and (copy / "settings.json").is_file()
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(data_file, tmp_path):
     s = _settings(data_file)
     full = pretrain(s, tmp_path / "full", progress=False)

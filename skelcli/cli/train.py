@@ -25,7 +25,7 @@ def pretrain_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (runtime.seed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<method>-<split>)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest valid checkpoint in --out) or a checkpoint path."),
-    force: bool = typer.Option(False, "--force", help="Use a run folder that holds another configuration (starts over)."),
+    force: bool = typer.Option(False, "--force", help="Start over in a run folder that holds checkpoints or another configuration; its old files move to old-<time>/."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result summary as JSON to this file."),
     nproc: Optional[int] = typer.Option(

@@ -7,8 +7,8 @@ per-iteration warmup + cosine (:class:`~skelcli.engine.schedule.LRSchedule`), bf
 
 Run folder ``out_dir``:
 
-* ``settings.json`` -- the resolved settings; a folder holding a different configuration is refused
-  unless ``force``;
+* ``settings.json`` -- the resolved settings; a folder holding a different configuration, or any
+  checkpoint, is refused unless ``force`` (which moves the old files to ``old-<time>/``) or a resume;
 * ``metrics.jsonl`` -- one JSON object per ``log_every`` steps (``kind="step"``: epoch, step, loss
   terms, lr, samples/s, data-wait share) and per epoch (``kind="epoch"``);
 * ``last.pt`` every epoch (and on SIGINT/SIGTERM, at the next step boundary), ``checkpoint-{epoch:04d}.pt``
@@ -150,6 +150,25 @@ def find_resume_checkpoint(run_dir: Path, method: str) -> tuple[Path | None, dic
             continue
         return path, ckpt, notes
     return None, None, notes
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """Move a run folder's checkpoints, metrics.jsonl and settings.json into ``run_dir/old-<UTC time>/``
+    before a fresh run (``--force``) writes new ones; returns that folder (None when there was nothing)."""
+    old = list(run_dir.glob("checkpoint-*.pt")) + [run_dir / n for n in ("last.pt", "metrics.jsonl", "settings.json")]
+    old = [p for p in old if p.exists()]
+    if not old:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = run_dir / f"old-{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / f"old-{stamp}-{n}"
+    target.mkdir()
+    for p in old:
+        p.rename(target / p.name)
+    return target
 
 
 class _StopSignal:
@@ -303,14 +322,16 @@ def pretrain(
         diff = _differences(old, resolved)
         if diff:
             raise SkelError(f"run folder {out_dir} holds a different configuration ({', '.join(diff[:5])}); use --force or another --out")
-        if ckpt is None and _checkpoint_candidates(out_dir):
-            raise SkelError(f"run folder {out_dir} already holds checkpoints; use --resume auto to continue or --force to start over")
+    # Checkpoints are never overwritten by a fresh run, whether or not settings.json is there (copied
+    # checkpoints, a lost settings file): only --resume continues them, and --force moves them aside.
+    if ckpt is None and not force and out_dir.is_dir() and _checkpoint_candidates(out_dir):
+        raise SkelError(f"run folder {out_dir} already holds checkpoints; use --resume auto to continue or --force to start "
+                        "over (the old files are then moved to an old-<time> folder)")
     barrier(ctx)  # every rank has checked the folder before rank 0 changes it
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
-            for old_file in list(out_dir.glob("checkpoint-*.pt")) + [out_dir / "last.pt", out_dir / "metrics.jsonl"]:
-                old_file.unlink(missing_ok=True)
+            move_aside(out_dir)
         settings_file.write_text(json.dumps(resolved, indent=2) + "\n")
     barrier(ctx)
 
