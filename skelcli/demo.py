@@ -55,8 +55,24 @@ def default_parallel() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+#: Seconds each method's small-preset job took on a 2-core Xeon (docs/benchmarks.md, "The demo"): the
+#: jobs start longest first so that two workers finish together.
+EXPECTED_SECONDS = {"gfp": 152, "mae": 83, "mamp": 78, "slim": 75}
+
 # A worker's way to print: the parent's log in-process, a queue back to the parent in a pool worker.
 _EMIT: Callable[[str], None] = print
+
+
+class _PlainLines:
+    """The console the engine prints to inside a job: every message becomes one plain line for _EMIT."""
+
+    is_terminal = False
+
+    @staticmethod
+    def print(text: str, markup: bool = True, **_: Any) -> None:
+        from rich.text import Text
+
+        _EMIT(Text.from_markup(text).plain if markup else text)
 
 
 def _init_worker(queue: Any) -> None:
@@ -68,37 +84,26 @@ def _init_worker(queue: Any) -> None:
 
 
 def _method_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Pretrain one method (small preset) and probe its encoder; with ``job["random"]`` also probe a
-    randomly initialised encoder of the same shape. Runs in the parent or in a pool worker."""
-    from skelcli.engine.config import resolve_pretrain_settings
+    """Pretrain one method with ``job["settings"]`` (resolved PretrainSettings as JSON) and probe its
+    encoder; with ``job["random"]`` also probe a randomly initialised encoder of the same shape. Runs in
+    the parent or in a pool worker."""
+    from skelcli.engine.config import PretrainSettings
     from skelcli.engine.train import pretrain
     from skelcli.eval.probe import run_probe
 
-    class _Lines:  # a console that turns everything into plain lines for _EMIT
-        is_terminal = False
-
-        @staticmethod
-        def print(text: str, markup: bool = True, **_: Any) -> None:
-            from rich.text import Text
-
-            _EMIT(Text.from_markup(text).plain if markup else text)
-
     name, data, run_root, seed = job["name"], Path(job["data"]), Path(job["run_root"]), job["seed"]
     t = time.perf_counter()
-    extra = {"epochs": job["epochs"]} if job["epochs"] else {}
-    cfg = resolve_pretrain_settings(name, "small", data_path=data, split="xsub", seed=seed, **extra)
-    run_dir = run_root / name
-    res = pretrain(cfg, run_dir, force=True, progress="lines" if job["progress"] else False, console=_Lines())
-    entry: dict[str, Any] = {"pretrain": res.to_json()}
-    for proto in PROTOCOLS:
-        r = run_probe(res.checkpoint, data, "xsub", run_dir / f"probe-{proto}", kind=proto, k=job["k"], seed=seed, device="cpu")
-        entry[proto] = _top1(r)
+    cfg = PretrainSettings.model_validate(job["settings"])
+    res = pretrain(cfg, run_root / name, force=True, progress="lines" if job["progress"] else False, console=_PlainLines())
+
+    def probes(out_dir: Path, random_init: bool) -> dict[str, float]:
+        return {proto: _top1(run_probe(res.checkpoint, data, "xsub", out_dir / f"probe-{proto}", kind=proto, k=job["k"],
+                                       random_init=random_init, seed=seed, cache=not random_init, device="cpu"))
+                for proto in PROTOCOLS}
+
+    entry: dict[str, Any] = {"pretrain": res.to_json(), **probes(run_root / name, False)}
     if job["random"]:
-        entry["random_init"] = {}
-        for proto in PROTOCOLS:
-            r = run_probe(res.checkpoint, data, "xsub", run_root / f"random-{name}" / f"probe-{proto}", kind=proto, k=job["k"],
-                          random_init=True, seed=seed, cache=False, device="cpu")
-            entry["random_init"][proto] = _top1(r)
+        entry["random_init"] = probes(run_root / f"random-{name}", True)
     entry["seconds"] = time.perf_counter() - t
     _EMIT(f"    {name}: {res.steps} steps in {res.seconds:.0f} s; probed in {entry['seconds'] - res.seconds:.0f} s")
     return entry
@@ -144,13 +149,18 @@ def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], No
     return results
 
 
+def gains(entry: dict[str, Any]) -> dict[str, float]:
+    """Top-1 of the pretrained encoder minus that of the random one, per protocol."""
+    return {p: entry[p] - entry["random_init"][p] for p in PROTOCOLS}
+
+
 def verdict(entry: dict[str, Any], required: float) -> tuple[bool, str]:
     """(clear win, plain words): does pretraining beat the random encoder by ``required`` in both protocols?"""
-    gains = {p: entry[p] - entry["random_init"][p] for p in PROTOCOLS}
-    words = f"linear {100 * gains['linear']:+.1f}, kNN {100 * gains['knn']:+.1f} points"
-    if all(g >= required for g in gains.values()):
+    gains_ = gains(entry)
+    words = f"linear {100 * gains_['linear']:+.1f}, kNN {100 * gains_['knn']:+.1f} points"
+    if all(g >= required for g in gains_.values()):
         return True, f"beats a random encoder: {words}"
-    if all(g > 0 for g in gains.values()):
+    if all(g > 0 for g in gains_.values()):
         return False, f"beats a random encoder by less than {100 * required:.0f} points: {words}"
     return False, f"does NOT beat a random encoder: {words}"
 
@@ -188,18 +198,18 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
             log(f"[yellow]    skipping {m}: not available in this build[/]")
 
     # One random-encoder baseline per encoder shape, computed by the first method of that shape.
+    extra = {"epochs": settings.epochs} if settings.epochs else {}
+    configs = {name: resolve_pretrain_settings(name, "small", data_path=data, split="xsub", seed=settings.seed, **extra)
+               for name in methods}
+    shape_of = {name: json.dumps(cfg.method.encoder.model_dump(), sort_keys=True) for name, cfg in configs.items()}
     owner: dict[str, str] = {}
-    shape_of: dict[str, str] = {}
     for name in methods:
-        cfg = resolve_pretrain_settings(name, "small", data_path=data, split="xsub", seed=settings.seed)
-        shape_of[name] = json.dumps(cfg.method.encoder.model_dump(), sort_keys=True)
         owner.setdefault(shape_of[name], name)
     parallel = min(settings.parallel or default_parallel(), max(len(methods), 1))
-    jobs = [{"name": name, "data": str(data), "run_root": str(out / "runs"), "seed": settings.seed, "epochs": settings.epochs,
-             "k": settings.probe_k, "random": owner[shape_of[name]] == name, "progress": progress} for name in methods]
-    # the two longest first (GFP ~150 s, SLiM ~130 s on one core), so two workers finish together
-    order = {"gfp": 0, "slim": 1, "mae": 2, "mamp": 3}
-    jobs.sort(key=lambda j: order.get(j["name"], -1))
+    jobs = [{"name": name, "settings": configs[name].model_dump(mode="json"), "data": str(data), "run_root": str(out / "runs"),
+             "seed": settings.seed, "k": settings.probe_k, "random": owner[shape_of[name]] == name, "progress": progress}
+            for name in methods]
+    jobs.sort(key=lambda j: -EXPECTED_SECONDS.get(j["name"], 0))
     t = _stage(log, f"pretraining {', '.join(methods)} (small preset; {parallel} at a time, one thread each), "
                     "then linear and kNN probes of each encoder and of a random encoder of the same shape")
     results = _run_jobs(jobs, parallel, log)
@@ -208,6 +218,7 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
         base = results[owner[shape_of[name]]]["random_init"]
         entry["random_init"] = dict(base)
         entry["random_init_from"] = owner[shape_of[name]]
+        entry["gain"] = gains(entry)
         entry["clear_win"], entry["verdict"] = verdict(entry, settings.required_gain)
         summary["methods"][name] = entry
         log(f"    {name}: linear {entry['linear']:.3f} (random {base['linear']:.3f}), "

@@ -44,3 +44,30 @@ def test_verdict_words():
     assert verdict(entry, 0.05) == (False, "beats a random encoder by less than 5 points: linear +10.0, kNN +2.0 points")
     entry["knn"] = 0.60
     assert verdict(entry, 0.05) == (False, "does NOT beat a random encoder: linear +10.0, kNN -10.0 points")
+
+
+def test_bad_demo_values_are_one_line_errors_that_touch_nothing(tmp_path):
+    """--parallel 0 / --epochs 0 fail at parse time naming the field, before anything is written."""
+    out = tmp_path / "demo"
+    for flag, field in (("--parallel", "parallel"), ("--epochs", "epochs")):
+        r = CliRunner().invoke(app, ["demo", "--out", str(out), flag, "0"])
+        assert r.exit_code == 2, r.output
+        assert "Traceback" not in r.output and f"invalid settings: {field}:" in r.output
+        assert len([line for line in r.output.splitlines() if line.strip()]) == 1
+    assert not out.exists()
+
+
+def test_log_width_comes_from_skel_width_and_a_bad_value_falls_back(tmp_path):
+    """Output that is not a terminal: SKEL_WIDTH columns (default 200); a value that is not a number is
+    ignored rather than failing every command."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from skelcli.cli._app import console; print(console.width)"
+    for value, width in (("123", "123"), ("abc", "200"), (None, "200")):
+        env = {k: v for k, v in os.environ.items() if k != "SKEL_WIDTH"}
+        if value is not None:
+            env["SKEL_WIDTH"] = value
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert r.stdout.strip() == width and not r.stderr

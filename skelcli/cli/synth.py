@@ -38,8 +38,9 @@ def synth(
     Example:  skel synth ntu60 --out ./synthetic_raw --classes 6 --subjects 4 --seed 0
     then:     skel prepare ntu60 --raw ./synthetic_raw --out data/ntu60_synth.h5
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
+
+    from skelcli.progress import step_progress
 
     from skelcli.data.synthetic import FaultRates, SynthSettings, synthesize
 
@@ -48,16 +49,18 @@ def synth(
         samples_per_class=samples_per_class, min_frames=min_frames, max_frames=max_frames, seed=seed,
         faults=FaultRates.none() if no_faults else FaultRates(), difficulty=difficulty,
     )
-    with Progress(
-        TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("files", total=None)
+    bars: list = []  # created at the first file, when the total is known
 
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def advance(done: int, total: int) -> None:
+        if not bars:
+            bars.append(step_progress(f"synth {dataset}", total, console=console))
+        bars[0].update(completed=done)
 
+    try:
         report = synthesize(dataset, out, settings, force=force, progress=advance)
+    finally:
+        for bar in bars:
+            bar.close()
 
     table = Table(title=f"skel synth {dataset}", show_header=False)
     table.add_column("field", style="bold")

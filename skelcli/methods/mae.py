@@ -46,9 +46,9 @@ def recipe_preset(preset: str, dataset: str) -> dict[str, Any]:
     20 warmup epochs, no clipping, checkpoint every 20 epochs). ``small`` = a CPU-sized variant for
     tests and the demo: 16 frames of 4-frame patches (100 tokens, 10 visible), width 32, depth 2,
     batch 32, lr 3e-3, 150 epochs. On the demo's data (`skel synth ntu60 --difficulty medium`, 16
-    classes, 377 xsub training clips: 1,650 steps, 100-140 s on one core) MAE, MAMP and GFP each beat a
+    classes, 377 xsub training clips: 1,650 steps; 77-90 s on one core for MAE / MAMP, 147-172 s for GFP) MAE, MAMP and GFP each beat a
     random encoder of the same shape by more than 5 points in both the linear and the kNN probe on 2
-    seeds (docs/benchmarks.md, "The demo"). Batch 32 is what made it: at batch 64 (825 steps, the
+    seeds (docs/benchmarks.md, "The demo"). Batch 32 is what made it: at batch 64 (750 steps, the
     same samples) GFP gained +5.0 linear / -2.4 kNN points and MAMP +7.2 / +7.2; at batch 32 GFP gained
     +13.0 / +16.8. The methods share the schedule so that the demo compares them at one budget.
     """
