@@ -18,6 +18,51 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.4 h`` or ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def projection_line(device: Any, per_step: float, remaining: int, hint: str = "on a CPU-only machine try --preset small") -> str | None:
+    """On a CPU, the projected run time once the first steps are timed (runs over 30 minutes get ``hint``);
+    None on an accelerator, where the progress bar's ETA is enough."""
+    if getattr(device, "type", str(device)) != "cpu":
+        return None
+    total = per_step * remaining
+    line = f"projected: {format_duration(total)} for the remaining {remaining} steps ({per_step:.2f} s/step on the CPU)"
+    return f"{line}; {hint}" if total > 1800 else line
+
+
+class Projector:
+    """Says :func:`projection_line` once, after 20 steps or after 3 steps taking over 10 s, whichever is first.
+
+    ``after(step)`` is called with the global step just finished; it returns the line once, else None.
+    """
+
+    def __init__(self, device: Any, total_steps: int, start_step: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.device, self.total, self.start, self.clock = device, int(total_steps), int(start_step), clock
+        self.t0 = clock()
+        self.done = False
+
+    def after(self, step: int) -> str | None:
+        n, spent = step - self.start, self.clock() - self.t0
+        if self.done or not (n >= 20 or (n >= 3 and spent > 10)):
+            return None
+        self.done = True
+        return projection_line(self.device, spent / n, self.total - step)
+
+
+def eta_seconds(elapsed: float, done: int, remaining: int) -> float:
+    """Remaining time from the mean rate since the start (NaN before the first unit is done)."""
+    return elapsed / done * remaining if done > 0 else float("nan")
+
+
 class LineProgress:
     """One line per ``every_s`` seconds or per ``1 / milestones`` of ``total``, whichever comes first.
 
@@ -52,7 +97,7 @@ class LineProgress:
         now = self.clock() if now is None else now
         elapsed = now - self.t0
         done = self.completed - self.start_completed
-        eta = elapsed / done * (self.total - self.completed) if done > 0 else float("nan")
+        eta = eta_seconds(elapsed, done, self.total - self.completed)
         extra = "".join(f" {k} {v}" for k, v in self.fields.items() if v not in (None, "-"))
         pct = 100.0 * self.completed / self.total
         eta_s = _clock(eta) if eta == eta else "?"
@@ -63,22 +108,26 @@ class LineProgress:
 
 
 class _RichBar:
-    """The rich bar behind the same two calls."""
+    """The rich bar behind the same two calls. Its ETA is the mean rate since the start (rich's own
+    column needs a 30-second speed window and reads -:--:-- for the first minutes of slow steps)."""
 
     def __init__(self, description: str, total: int, completed: int, console: Any, fields: dict[str, str]) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
         columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
-        columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        columns += [TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}")]
         self.bar = Progress(*columns, console=console, transient=False)
-        self.task = self.bar.add_task(description, total=total, completed=completed, **fields)
+        self.start_completed, self.total, self.t0 = completed, max(int(total), 1), time.perf_counter()
+        self.task = self.bar.add_task(description, total=total, completed=completed, eta="?", **fields)
         self.bar.start()
 
     def update(self, completed: int | None = None, **fields: Any) -> None:
         kw: dict[str, Any] = dict(fields)
         if completed is not None:
             kw["completed"] = completed
+            eta = eta_seconds(time.perf_counter() - self.t0, completed - self.start_completed, self.total - completed)
+            kw["eta"] = _clock(eta) if eta == eta else "?"
         self.bar.update(self.task, **kw)
 
     def close(self) -> None:

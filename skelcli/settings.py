@@ -17,9 +17,10 @@ from skelcli.errors import SkelError
 
 
 class StrictModel(BaseModel):
-    """Base for every settings model: unknown fields are errors, assignments are validated."""
+    """Base for every settings model: unknown fields are errors, assignments are validated, and
+    floats must be finite (``lr = inf`` or ``nan`` fails naming the field)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class OptimSettings(StrictModel):
@@ -97,6 +98,8 @@ def parse_override(text: str) -> dict[str, Any]:
         raise SkelError(f"override {text!r} is not of the form section.field=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if not key or not all(part.strip() for part in key.split(".")):
+        raise SkelError(f"override {text!r}: the key must be section.field (e.g. optim.lr=3e-4)")
     try:
         value: Any = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -112,6 +115,19 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node[part]
     node[parts[-1]] = value
     return out
+
+
+def check_sections(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
+    """SkelError when ``update`` would replace a section of ``base`` (a table, such as ``method`` or
+    ``method.encoder``) by a plain value, e.g. ``--set optim=3`` or ``method = [1]`` in a TOML file."""
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        current = base.get(key)
+        if isinstance(current, dict):
+            if not isinstance(value, dict):
+                raise SkelError(f"{where}: {name!r} is a settings section, not a value (got {value!r}); "
+                                f"set one of its fields instead, e.g. {name}.<field>=...")
+            check_sections(current, value, where, prefix=f"{name}.")
 
 
 def merge_overrides(base: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from skelcli.data.clips import (
     train_view,
 )
 from skelcli.errors import SkelError
-from skelcli.methods.base import ClipBatch
+from skelcli.data.clips import ClipBatch
 from skelcli.settings import DataSettings
 from skelcli.topology import BONES
 

@@ -6,7 +6,8 @@ import statistics
 
 import torch
 
-from skelcli.methods.base import ClipBatch, DatasetInfo
+from skelcli.data.clips import ClipBatch
+from skelcli.methods.base import DatasetInfo
 from skelcli.methods.mae import MAE, MAESettings, masked_mse, normalize_patches
 from skelcli.methods.mamp import MAMP, MAMPSettings, motion_target
 

@@ -221,5 +221,5 @@ def test_info_verify_finds_problems(raw, tmp_path):
         f["splits"]["xsub"]["test"] = np.array([0, 99], dtype=np.int32)
         f["joints"][3, 0, 0, 0] = np.nan
     r = run("info", out, "--verify")
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # one-line "verify found N problem(s)" error
     assert "xsub/test: index out of range" in r.output and "non-finite" in r.output

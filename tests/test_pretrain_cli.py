@@ -84,9 +84,12 @@ def test_resume_refuses_a_data_file_rewritten_after_the_run_started(data_file, t
     runner = CliRunner()
     r = runner.invoke(app, _args(data, out))
     assert r.exit_code == 0, r.output
+    (out / "last.pt").unlink()  # an unfinished run: the newest checkpoint is after epoch 1 of 2
+    (out / "checkpoint-0002.pt").unlink()
     st = data.stat()
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten in place: same size, new mtime
     r = runner.invoke(app, [*_args(data, out), "--resume", "auto"])
     assert r.exit_code != 0 and "changed since the run started" in r.output
     r = runner.invoke(app, [*_args(data, out), "--resume", "auto", "--force"])
     assert r.exit_code == 0, r.output
+    assert "2 / 2" in r.output  # epochs done / planned

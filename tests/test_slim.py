@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skelcli.methods.base import ClipBatch
+from skelcli.data.clips import ClipBatch
 from skelcli.methods.losses_slim import glcl_loss, glcl_pairs, ibot_loss, koleo_loss, soft_cross_entropy
 from skelcli.methods.slim import SLIM_ENCODER, SLiM, SlimSettings, momentum_at
 from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp

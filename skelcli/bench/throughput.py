@@ -173,7 +173,7 @@ def synthetic_batch(n: int, frames: int, device: torch.device, seed: int = 0, nu
 
     Random walks (cumulative sums of small steps) so motion-aware masking sees real motion.
     """
-    from skelcli.methods.base import ClipBatch
+    from skelcli.data.clips import ClipBatch
 
     g = torch.Generator().manual_seed(seed)
     steps = torch.randn(n, 2, frames, 25, 3, generator=g) * 0.01

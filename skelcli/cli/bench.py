@@ -75,7 +75,7 @@ def benchmark(
     render(report, console)
     if json_out is not None:
         write_json(report, json_out)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False)
     if plot_out is not None:
         plot(report, plot_out)
-        console.print(f"wrote {plot_out}")
+        console.print(f"wrote {plot_out}", markup=False)

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from skelcli.cli._app import command, console
+from skelcli.cli._app import command, console, fail
 from skelcli.errors import SkelError
 
 
@@ -25,6 +25,11 @@ class SecondActor(str, Enum):
     copy = "copy"
 
 
+class VerifyInputs(str, Enum):
+    stat = "stat"
+    hash = "hash"
+
+
 @command("prepare")
 def prepare(
     kind: Kind = typer.Argument(..., help="Dataset: ntu60, ntu120, pku-mmd-v1 or pku-mmd-v2."),
@@ -37,18 +42,33 @@ def prepare(
         None, "--second-actor", help="Single-actor NTU samples: actor 2 = zeros (ntu60 default) or copy of actor 1 (ntu120 default)."
     ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    verify_inputs: VerifyInputs = typer.Option(
+        VerifyInputs.stat, "--verify-inputs",
+        help="How a re-run decides the raw files are unchanged (then it does nothing): stat = name, size and mtime; "
+        "hash = name, size and a blake2b hash of the bytes (reads the raw data once more; catches same-size edits "
+        "with a kept mtime, e.g. rsync -t). A store built with stat holds no hashes: the first hash run rebuilds it.",
+    ),
 ) -> None:
     """Parse raw skeleton files into one HDF5 store (denoised, translated, splits included).
 
     Example: skel prepare ntu120 --raw ./nturgbd_skeletons_s001_to_s017 --raw ./nturgbd_skeletons_s018_to_s032 --out data/ntu120.h5
+
+    The store is written to OUT.tmp-<pid> and renamed when complete: Ctrl-C (exit 130) or SIGTERM
+    (exit 143) removes the temporary file and leaves an existing OUT as it was; temporary files of
+    runs killed outright (kill -9) are removed by the next run.
     """
-    from skelcli.data.prepare import default_settings, prepare_dataset
+    from skelcli.data.prepare import Terminated, default_settings, prepare_dataset, sigterm_raises
 
     if second_actor is not None and not kind.value.startswith("ntu"):
         raise SkelError("--second-actor applies to ntu60/ntu120 only")
     overrides = {"second_actor": second_actor.value} if second_actor is not None else {}
     settings = default_settings(kind.value, **overrides)
-    report = prepare_dataset(kind.value, raw, out, settings, workers=workers, force=force, progress=True, missing_list=missing_list)
+    try:
+        with sigterm_raises():
+            report = prepare_dataset(kind.value, raw, out, settings, workers=workers, force=force, progress=True,
+                                     missing_list=missing_list, verify_inputs=verify_inputs.value)
+    except Terminated:
+        fail("interrupted", code=143)
     _render_report(report)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +76,7 @@ def prepare(
 
 
 def _render_report(r) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"skel prepare {r.dataset} -> {r.out} ({r.status})")
@@ -79,72 +100,136 @@ def _render_report(r) -> None:
         t.add_row("missing list: rejected but not listed", str(len(m["rejected_not_listed"])))
     console.print(t)
     for name, reason in r.rejected_examples[:10]:
-        console.print(f"  [yellow]rejected[/] {name}: {reason}", highlight=False)
+        console.print(f"  [yellow]rejected[/] {escape(str(name))}: {escape(reason)}", highlight=False)
     for w in r.warnings:
-        console.print(f"[yellow]note:[/] {w}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(w)}", highlight=False)
 
 
 def verify_store(path: Path) -> list[str]:
-    """Check every sample's shape and finiteness, labels in range and split indices in range.
+    """Check that every dataset is present and readable (every /joints chunk decodes), every frame is
+    finite, the offsets, labels and split indices are consistent and in range.
 
-    Returns a list of problems (empty = fine). Reads /joints chunk-wise.
+    Returns a list of problems (empty = fine); a check that cannot run because its dataset is missing
+    or unreadable is itself a problem. A file that cannot be opened at all (missing, not HDF5,
+    truncated, foreign schema) is a SkelError. Reads /joints chunk-wise.
     """
-    import h5py
     import numpy as np
 
-    from skelcli.data.store import FRAME_SHAPE, open_info
+    from skelcli.data.store import FRAME_SHAPE, META_FIELDS, _h5_detail, open_store
 
-    info = open_info(path)
     problems: list[str] = []
-    with h5py.File(str(path), "r") as f:
-        offsets = f["offsets"][()]
-        n = len(offsets) - 1
-        joints = f["joints"]
-        if joints.shape[1:] != FRAME_SHAPE:
-            problems.append(f"/joints has shape {joints.shape}, expected (F, 2, 25, 3)")
-        if offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] != joints.shape[0]:
-            problems.append("/offsets is not strictly increasing from 0 to the number of frames")
-        for key in ("label", "name"):
-            if f[key].shape[0] != n:
-                problems.append(f"/{key} has {f[key].shape[0]} rows, expected {n}")
-        for k in f["meta"]:
-            if f["meta"][k].shape[0] != n:
-                problems.append(f"/meta/{k} has {f['meta'][k].shape[0]} rows, expected {n}")
-        labels = f["label"][()]
-        if n and (labels.min() < 0 or labels.max() >= info.num_classes):
-            problems.append(f"labels outside 0..{info.num_classes - 1}")
-        step = 1 << 16
-        bad = 0
-        for lo in range(0, joints.shape[0], step):
-            block = joints[lo : lo + step]
-            bad += int((~np.isfinite(block)).any(axis=(1, 2, 3)).sum())
-        if bad:
-            problems.append(f"{bad} frame(s) with non-finite values")
-        for proto in f.get("splits", {}):
-            for part in f["splits"][proto]:
-                ind = f["splits"][proto][part][()]
-                if len(ind) and (ind.min() < 0 or ind.max() >= n):
-                    problems.append(f"split {proto}/{part}: index out of range")
-                if len(np.unique(ind)) != len(ind):
-                    problems.append(f"split {proto}/{part}: duplicate indices")
+    with open_store(path) as f:
+
+        def read(key: str):
+            if key not in f:
+                problems.append(f"/{key} is missing")
+                return None
+            try:
+                return f[key][()]
+            except (OSError, KeyError, ValueError, TypeError) as exc:
+                problems.append(f"/{key} cannot be read ({_h5_detail(exc)})")
+                return None
+
+        try:
+            num_classes = int(f.attrs["num_classes"])
+        except (KeyError, OSError, TypeError, ValueError):
+            problems.append("attribute num_classes is missing or not an integer")
+            num_classes = None
+        offsets = read("offsets")
+        labels = read("label")
+        names = read("name")
+        meta = {k: read(f"meta/{k}") for k in META_FIELDS}
+        n = len(offsets) - 1 if offsets is not None else None
+        frames = None
+        if "joints" not in f:
+            problems.append("/joints is missing")
+        else:
+            joints = f["joints"]
+            frames = joints.shape[0]
+            if joints.shape[1:] != FRAME_SHAPE:
+                problems.append(f"/joints has shape {joints.shape}, expected (F, 2, 25, 3)")
+            else:
+                problems += _check_joints(joints)
+        if offsets is not None and frames is not None:
+            if len(offsets) == 0 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] != frames:
+                problems.append("/offsets is not strictly increasing from 0 to the number of frames")
+        if n is not None:
+            for key, arr in [("label", labels), ("name", names)] + [(f"meta/{k}", v) for k, v in meta.items()]:
+                if arr is not None and arr.shape[0] != n:
+                    problems.append(f"/{key} has {arr.shape[0]} rows, expected {n}")
+        if labels is not None and num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            problems.append(f"labels outside 0..{num_classes - 1}")
+        splits = f.get("splits")
+        if splits is None:
+            problems.append("/splits is missing")
+        else:
+            for proto in splits:
+                for part in splits[proto]:
+                    ind = read(f"splits/{proto}/{part}")
+                    if ind is None:
+                        continue
+                    if n is not None and len(ind) and (ind.min() < 0 or ind.max() >= n):
+                        problems.append(f"split {proto}/{part}: index out of range")
+                    if len(np.unique(ind)) != len(ind):
+                        problems.append(f"split {proto}/{part}: duplicate indices")
+    return problems
+
+
+def _check_joints(joints) -> list[str]:
+    """Read /joints in chunk-aligned blocks: chunks that do not decode (by frame range) and non-finite frames."""
+    import numpy as np
+
+    from skelcli.data.store import CHUNK_FRAMES, _h5_detail
+
+    chunk = joints.chunks[0] if joints.chunks else CHUNK_FRAMES
+    step = chunk * 64
+    bad_chunks: list[tuple[int, int, str]] = []
+    non_finite = 0
+
+    def scan(block) -> int:
+        return int((~np.isfinite(block)).any(axis=(1, 2, 3)).sum())
+
+    for lo in range(0, joints.shape[0], step):
+        hi = min(lo + step, joints.shape[0])
+        try:
+            non_finite += scan(joints[lo:hi])
+            continue
+        except OSError:
+            pass
+        for c_lo in range(lo, hi, chunk):  # locate the chunks that fail
+            c_hi = min(c_lo + chunk, hi)
+            try:
+                non_finite += scan(joints[c_lo:c_hi])
+            except OSError as exc:
+                bad_chunks.append((c_lo, c_hi, _h5_detail(exc)))
+    problems = []
+    if bad_chunks:
+        where = ", ".join(f"frames {a}-{b - 1}" for a, b, _ in bad_chunks[:3]) + (", ..." if len(bad_chunks) > 3 else "")
+        problems.append(f"/joints: {len(bad_chunks)} chunk(s) cannot be decoded ({where}: {bad_chunks[0][2]})")
+    if non_finite:
+        problems.append(f"{non_finite} frame(s) with non-finite values")
     return problems
 
 
 def store_summary(path: Path) -> dict:
     """Counts, classes, splits, frame statistics and provenance of a store, as a dict."""
-    import h5py
     import numpy as np
 
-    from skelcli.data.store import open_info
+    from skelcli.data.store import META_FIELDS, open_info, open_store
 
     info = open_info(path)
-    with h5py.File(str(path), "r") as f:
+    with open_store(path) as f:
+        missing = [f"/{k}" for k in ("joints", "offsets", "label", "name", *(f"meta/{m}" for m in META_FIELDS)) if k not in f]
+        if missing:
+            raise SkelError(f"{path}: the store lacks {', '.join(missing)}; the file is incomplete "
+                            "(`skel info --verify` lists every problem; re-run `skel prepare` with --force)")
         lengths = np.diff(f["offsets"][()])
         labels = f["label"][()]
         actors = f["meta"]["num_actors"][()]
         n_rej = int(f["rejected"]["name"].shape[0]) if "rejected" in f else 0
         created_by = str(f.attrs.get("created_by", ""))
         size = Path(path).stat().st_size
+    counts = np.unique(labels, return_counts=True)[1]
     return {
         "path": str(path),
         "dataset": info.dataset,
@@ -154,8 +239,8 @@ def store_summary(path: Path) -> dict:
         "num_classes": info.num_classes,
         "classes_present": int(len(np.unique(labels))),
         "samples_per_class": {
-            "min": int(np.bincount(labels.astype(np.int64))[np.unique(labels)].min()) if len(labels) else 0,
-            "max": int(np.bincount(labels.astype(np.int64)).max()) if len(labels) else 0,
+            "min": int(counts.min()) if len(labels) else 0,
+            "max": int(counts.max()) if len(labels) else 0,
         },
         "two_actor_samples": int((actors == 2).sum()),
         "rejected": n_rej,
@@ -176,53 +261,72 @@ def store_summary(path: Path) -> dict:
 @command("info")
 def info(
     path: Path = typer.Argument(..., help="HDF5 store written by `skel prepare`."),
-    verify: bool = typer.Option(False, "--verify", help="Check every sample's shape/finiteness and the split indices."),
+    verify: bool = typer.Option(False, "--verify", help="Check that every dataset is present and decodes, every frame is finite, labels and split indices are in range."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
 ) -> None:
     """Summarise (and optionally verify) a skeleton store.
 
     Example: skel info data/ntu60.h5 --verify
+
+    With --verify, problems are listed one per line and the exit code is 2.
     """
+    from rich.markup import escape
+
+    try:
+        summary = store_summary(path)
+        summary_error = None
+    except SkelError as exc:
+        if not verify:
+            raise
+        summary, summary_error = None, exc  # --verify says which part of the file is broken
+    problems = verify_store(path) if verify else []
+    if summary_error is not None and not problems:
+        raise summary_error
+    if as_json:
+        payload = summary if summary is not None else {"path": str(path)}
+        if verify:
+            payload["verify"] = {"ok": not problems, "problems": problems}
+        console.print_json(json.dumps(payload))
+    else:
+        if summary is not None:
+            _render_summary(path, summary)
+        if verify and not problems:
+            console.print("[green]verify: ok[/] (datasets readable, shapes, finiteness, labels and split indices)")
+        for prob in problems:
+            console.print(f"[red]verify:[/] {escape(prob)}", highlight=False)
+    if problems:
+        fail(f"{path}: verify found {len(problems)} problem(s)")
+
+
+def _render_summary(path: Path, summary: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    summary = store_summary(path)
-    if verify:
-        problems = verify_store(path)
-        summary["verify"] = {"ok": not problems, "problems": problems}
-    if as_json:
-        console.print_json(json.dumps(summary))
-    else:
-        t = Table(title=f"{path} ({summary['dataset']}, schema v{summary['schema_version']})")
-        t.add_column("item")
-        t.add_column("value", justify="right")
-        t.add_row("samples", str(summary["num_samples"]))
-        t.add_row("classes (present / total)", f"{summary['classes_present']} / {summary['num_classes']}")
-        spc = summary["samples_per_class"]
-        t.add_row("samples per present class (min / max)", f"{spc['min']} / {spc['max']}")
-        t.add_row("two-actor samples", str(summary["two_actor_samples"]))
-        t.add_row("rejected raw files", str(summary["rejected"]))
-        fr = summary["frames"]
-        t.add_row("frames min / mean / max", f"{fr['min']} / {fr['mean']:.1f} / {fr['max']}")
-        for proto, parts in sorted(summary["splits"].items()):
-            t.add_row(f"split {proto}", " / ".join(f"{k} {v}" for k, v in sorted(parts.items(), reverse=True)))
-        ratio = summary["file_bytes"] / max(1, summary["padded_300_float32_bytes"])
-        t.add_row("file size", f"{summary['file_bytes'] / 1e6:.2f} MB ({ratio:.1%} of 300-frame padded float32)")
-        t.add_row("created by", summary["created_by"])
-        console.print(t)
-        p = Table(title="provenance")
-        p.add_column("key")
-        p.add_column("value")
-        for k, v in sorted(summary["preprocessing"].get("settings", {}).items()):
-            p.add_row(f"setting {k}", json.dumps(v))
-        for k in ("raw_dirs", "files", "split_files", "missing_list"):
-            if k in summary["source"]:
-                p.add_row(f"source {k}", json.dumps(summary["source"][k]))
-        console.print(p)
-        if verify:
-            if summary["verify"]["ok"]:
-                console.print("[green]verify: ok[/] (shapes, finiteness, labels and split indices)")
-            else:
-                for prob in summary["verify"]["problems"]:
-                    console.print(f"[red]verify:[/] {prob}", highlight=False)
-    if verify and not summary["verify"]["ok"]:
-        raise typer.Exit(1)
+    t = Table(title=escape(f"{path} ({summary['dataset']}, schema v{summary['schema_version']})"))
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    t.add_row("samples", str(summary["num_samples"]))
+    t.add_row("classes (present / total)", f"{summary['classes_present']} / {summary['num_classes']}")
+    spc = summary["samples_per_class"]
+    t.add_row("samples per present class (min / max)", f"{spc['min']} / {spc['max']}")
+    t.add_row("two-actor samples", str(summary["two_actor_samples"]))
+    t.add_row("rejected raw files", str(summary["rejected"]))
+    fr = summary["frames"]
+    t.add_row("frames min / mean / max", f"{fr['min']} / {fr['mean']:.1f} / {fr['max']}")
+    for proto, parts in sorted(summary["splits"].items()):
+        t.add_row(f"split {proto}", " / ".join(f"{k} {v}" for k, v in sorted(parts.items(), reverse=True)))
+    ratio = summary["file_bytes"] / max(1, summary["padded_300_float32_bytes"])
+    t.add_row("file size", f"{summary['file_bytes'] / 1e6:.2f} MB ({ratio:.1%} of 300-frame padded float32)")
+    t.add_row("created by", escape(summary["created_by"]))
+    console.print(t)
+    p = Table(title="provenance")
+    p.add_column("key")
+    p.add_column("value")
+    settings = summary["preprocessing"].get("settings", {}) if isinstance(summary["preprocessing"], dict) else {}
+    for k, v in sorted(settings.items()):
+        p.add_row(escape(f"setting {k}"), escape(json.dumps(v)))
+    source = summary["source"] if isinstance(summary["source"], dict) else {}
+    for k in ("raw_dirs", "files", "split_files", "missing_list"):
+        if k in source:
+            p.add_row(f"source {k}", escape(json.dumps(source[k])))
+    console.print(p)

@@ -56,11 +56,11 @@ def demo(
                   f"{100 * required:.0f} points or more in both the linear and the kNN probe.", highlight=False)
     losers = [n for n, e in summary["methods"].items() if not e["clear_win"]]
     if losers:
-        console.print(f"[bold red]pretraining did not clearly beat random features for: {', '.join(losers)}[/]")
+        console.print(f"[bold red]pretraining did not clearly beat random features for: {escape(', '.join(losers))}[/]")
     if "benchmark" in summary:
         from skelcli.bench.report import render
 
         render(summary["benchmark"], console)
-    console.print(f"[bold]done in {summary['seconds']:.0f} s.[/] Everything is under [cyan]{out}[/]: raw/ (synthetic .skeleton files), "
+    console.print(f"[bold]done in {summary['seconds']:.0f} s.[/] Everything is under [cyan]{escape(str(out))}[/]: raw/ (synthetic .skeleton files), "
                   f"ntu60_synth.h5, runs/<method>/ (settings.json, metrics.jsonl, last.pt, probe-*/metrics.json), demo.json"
                   + (", benchmark.json" if "benchmark" in summary else ""))

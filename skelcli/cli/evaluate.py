@@ -7,7 +7,14 @@ from typing import Any, Optional
 
 import typer
 
-from skelcli.cli._app import command, console, err_console
+from skelcli.cli._app import check_out_dir, check_out_file, command, console, err_console
+
+
+def escape(text: str) -> str:
+    """``text`` for a rich table cell or console line, printed literally (paths with [brackets])."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _default_out(checkpoint: Optional[Path], name: str) -> Path:
@@ -27,13 +34,22 @@ def _write_json(path: Optional[Path], payload: dict[str, Any]) -> None:
 
     if path is not None:
         write_json(path, payload)
-        console.print(f"JSON written to {path}")
+        console.print(f"JSON written to {path}", markup=False, highlight=False)
 
 
 def _source(checkpoint: Optional[Path], random_init: bool) -> str:
     if checkpoint is None:
         return "random init"
     return f"{checkpoint} (random init)" if random_init else str(checkpoint)
+
+
+def _test_classes_present(data: Path, split: str) -> int:
+    """Number of distinct labels in the test part of ``split`` of the data file (read without /joints)."""
+    import numpy as np
+
+    from skelcli.data.store import read_labels, split_indices
+
+    return int(len(np.unique(read_labels(data, split_indices(data, split, "test")))))
 
 
 _ckpt_opt = typer.Option(None, "--checkpoint", "-c", help="Checkpoint (.pt) with an encoder.")
@@ -75,7 +91,8 @@ def probe(
     from skelcli.eval.probe import run_probe
 
     name = f"probe-{protocol}{'-' + head if protocol == 'linear' else ''}-{split}{'-random' if random_init else ''}"
-    out_dir = out or _default_out(checkpoint, name)
+    out_dir = check_out_dir(out or _default_out(checkpoint, name))
+    check_out_file(json_out, "--json")
 
     def on_epoch(epoch: int, top1: float) -> None:
         if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
@@ -88,9 +105,10 @@ def probe(
     table = Table(title=f"skel probe {protocol}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("encoder", _source(checkpoint, random_init))
+    table.add_row("encoder", escape(_source(checkpoint, random_init)))
     table.add_row("method / epoch", f"{res['method']} / {res['epoch']}")
-    table.add_row("data", f"{res['dataset']} {split} ({res['n_train']} train, {res['n_test']} test, {res['num_classes']} classes)")
+    table.add_row("data", f"{res['dataset']} {split} ({res['n_train']} train, {res['n_test']} test; "
+                  f"{res['classes_present']} of {res['num_classes']} classes in the test split)")
     table.add_row("protocol", f"{protocol}" + (f" ({head})" if protocol == "linear" else f" (k={res.get('k')})"))
     if head == "sgd" and protocol == "linear":
         table.add_row("top-1 last epoch", _fmt(res["last_top1"]))
@@ -99,7 +117,7 @@ def probe(
         table.add_row("top-1", _fmt(res["top1"]))
     table.add_row("top-5", _fmt(res["top5"]))
     table.add_row("mean class accuracy", _fmt(res["mean_class"]))
-    table.add_row("run folder", str(out_dir))
+    table.add_row("run folder", escape(str(out_dir)))
     console.print(table)
     if res.get("converged") is False:
         err_console.print("warning: logistic regression did not converge within max_iter")
@@ -136,22 +154,24 @@ def retrieve(
         ks = [int(x) for x in precision_k.split(",") if x.strip()]
     except ValueError:
         raise SkelError(f"--precision-k must be comma-separated integers, got {precision_k!r}") from None
-    out_dir = out or _default_out(checkpoint, f"retrieve-{split}{'-random' if random_init else ''}")
+    out_dir = check_out_dir(out or _default_out(checkpoint, f"retrieve-{split}{'-random' if random_init else ''}"))
+    check_out_file(json_out, "--json")
     with console.status("retrieve: extracting features"):
         res = run_retrieval(checkpoint, data, split, out_dir, k=k, ks=ks, batch_size=batch_size, person_pool=person_pool,
                             device=device, random_init=random_init, preset=preset, seed=seed, cache=not no_cache)
     table = Table(title="skel retrieve", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("encoder", _source(checkpoint, random_init))
-    table.add_row("data", f"{res['dataset']} {split} (gallery {res['n_gallery']}, queries {res['n_query']})")
+    table.add_row("encoder", escape(_source(checkpoint, random_init)))
+    table.add_row("data", f"{res['dataset']} {split} (gallery {res['n_gallery']}, queries {res['n_query']}; "
+                  f"{res['classes_present']} of {res['num_classes']} classes among the queries)")
     table.add_row(f"top-1 (k={res['k']})", _fmt(res["top1"]))
     table.add_row("mAP", _fmt(res["mAP"]))
     for kk, v in res["precision_at"].items():
         table.add_row(f"precision@{kk}", _fmt(v))
     if res["queries_without_match"]:
         table.add_row("queries without a match", str(res["queries_without_match"]))
-    table.add_row("run folder", str(out_dir))
+    table.add_row("run folder", escape(str(out_dir)))
     console.print(table)
     _write_json(json_out, res)
 
@@ -174,6 +194,8 @@ def finetune(
     subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="Keep one label subset for every repeat."),
     device: str = _device_opt,
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: next to the checkpoint)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="auto: continue every repeat from its last.pt in --out."),
+    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds fine-tuning checkpoints; old files move to old-<time>/."),
     json_out: Optional[Path] = _json_opt,
 ) -> None:
     """Fine-tune encoder + head end to end; semi-supervised, transfer and from-scratch variants.
@@ -182,6 +204,7 @@ def finetune(
     Semi:     skel finetune -c runs/mamp/last.pt -d data/ntu60.h5 --label-fraction 0.01 --balanced --repeats 5
     Transfer: skel finetune -c runs/ntu120/last.pt -d data/pku_v2.h5 --split xsub
     Baseline: skel finetune -c runs/mamp/last.pt -d data/ntu60.h5 --from-scratch
+    Continue after Ctrl-C / SIGTERM (last.pt is saved every epoch and at the next step):  add --resume auto
     """
     from rich.table import Table
 
@@ -200,23 +223,35 @@ def finetune(
     settings = FinetuneSettings(**overrides)
     tag = "scratch" if from_scratch else "finetune"
     frac = f"-frac{label_fraction:g}" if label_fraction is not None else ""
-    out_dir = out or _default_out(checkpoint, f"{tag}-{split}{frac}")
+    out_dir = check_out_dir(out or _default_out(checkpoint, f"{tag}-{split}{frac}"))
+    check_out_file(json_out, "--json")
 
     def on_epoch(repeat: int, epoch: int, row: dict[str, Any]) -> None:
         extra = f", val {100 * row['val_top1']:.2f} %" if "val_top1" in row else ""
         console.print(f"  repeat {repeat + 1}/{settings.repeats} epoch {epoch + 1}/{settings.epochs}: "
                       f"loss {row['loss']:.4f}, test top-1 {100 * row['test_top1']:.2f} %{extra}")
 
-    res = run_finetune(checkpoint, data, split, settings, out_dir, preset=preset, on_epoch=on_epoch,
-                       warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    from rich.markup import escape
+
+    from skelcli.engine.rundir import exit_code
+
+    res = run_finetune(checkpoint, data, split, settings, out_dir, preset=preset, on_epoch=on_epoch, resume=resume, force=force,
+                       notify=lambda line: console.print(line, highlight=False, markup=False),
+                       warn=lambda msg: err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False))
+    if "interrupted" in res:
+        console.print(f"interrupted by {res['interrupted']} in repeat {res['repeat'] + 1} after {res['steps']} steps: "
+                      f"{res['checkpoint']} saved; continue with --resume auto --out {res['out']}", highlight=False, markup=False)
+        raise typer.Exit(exit_code(res["interrupted"]))
     table = Table(title=f"skel finetune ({'from scratch' if from_scratch else 'pretrained'})", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     pre = res["pretrain"]
-    table.add_row("encoder", "random init" if from_scratch else str(checkpoint))
+    table.add_row("encoder", "random init" if from_scratch else escape(str(checkpoint)))
     table.add_row("pretrained on", f"{pre['dataset']} ({pre['num_classes']} classes, {pre['method']})" if pre["method"] else "-")
     fd = res["finetune_data"]
-    table.add_row("fine-tuned on", f"{fd['dataset']} {split} ({fd['num_classes']} classes, {res['runs'][0]['train_clips']} training clips)")
+    present = _test_classes_present(data, split)
+    table.add_row("fine-tuned on", f"{fd['dataset']} {split} ({present} of {fd['num_classes']} classes in the test split, "
+                  f"{res['runs'][0]['train_clips']} training clips)")
     if label_fraction is not None:
         table.add_row("label fraction", f"{label_fraction:g}{' (balanced)' if balanced else ''}")
 
@@ -228,6 +263,6 @@ def finetune(
     if "test_top1_at_val_best" in res:
         table.add_row("top-1 at best val epoch", ms(res["test_top1_at_val_best"]))
     table.add_row("repeats", str(settings.repeats))
-    table.add_row("run folder", str(out_dir))
+    table.add_row("run folder", escape(str(out_dir)))
     console.print(table)
     _write_json(json_out, res)

@@ -80,4 +80,4 @@ def synth(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.model_dump(), indent=2))
-        console.print(f"report written to {json_out}")
+        console.print(f"report written to {json_out}", markup=False)

@@ -54,7 +54,7 @@ def pretrain_cmd(
     from rich.table import Table
 
     from skelcli.engine.config import resolve_pretrain_settings
-    from skelcli.engine.dist import init_distributed, quiet_non_main, relaunch_with_torchrun, shutdown, strip_option
+    from skelcli.engine.dist import LAUNCHED_ENV, init_distributed, quiet_non_main, relaunch_with_torchrun, shutdown, strip_option
     from skelcli.engine.train import pretrain
     from skelcli.errors import SkelError
 
@@ -75,15 +75,25 @@ def pretrain_cmd(
         )
     finally:
         shutdown(ctx)
+    from rich.markup import escape
+
+    from skelcli.engine.rundir import exit_code
+
     for note in result.skipped_checkpoints:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    if result.complete:
+        console.print(f"{result.run_dir}: already complete ({result.epochs} epochs, {result.steps} steps), nothing to do; "
+                      f"checkpoint {result.checkpoint}", highlight=False, markup=False)
+        return
 
     table = Table(title=f"skel pretrain {result.method}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("run folder", str(result.run_dir))
+    table.add_row("run folder", escape(str(result.run_dir)))
     if result.resumed_from is not None:
-        table.add_row("resumed from", str(result.resumed_from))
+        table.add_row("resumed from", escape(str(result.resumed_from)))
     table.add_row("epochs", f"{result.epochs} / {settings.optim.epochs}")
     table.add_row("steps", str(result.steps))
     table.add_row("processes", str(result.world_size))
@@ -93,11 +103,13 @@ def pretrain_cmd(
     table.add_row("time", f"{result.seconds:.1f} s")
     table.add_row("samples/s", f"{result.samples_per_s:.1f}")
     table.add_row("data wait", f"{100 * result.data_wait_share:.1f} % of the time")
-    table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
+    table.add_row("checkpoint", escape(str(result.checkpoint)) if result.checkpoint else "-")
     console.print(table)
     if json_out is not None and ctx.is_main:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"settings": json.loads(settings.model_dump_json()), "result": result.to_json()}, indent=2) + "\n")
     if result.interrupted is not None:
-        console.print(f"[yellow]interrupted by {result.interrupted}[/]: checkpoint saved; continue with --resume auto --out {result.run_dir}")
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+        console.print(f"[yellow]interrupted by {result.interrupted}[/]: checkpoint saved; continue with --resume auto "
+                      f"--out {escape(str(result.run_dir))}")
+        # under `--nproc` the launcher reports the signal itself; a worker's non-zero code would make torchrun print a traceback
+        raise typer.Exit(0 if os.environ.get(LAUNCHED_ENV) else exit_code(result.interrupted))

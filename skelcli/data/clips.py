@@ -16,6 +16,7 @@ one, the global RNG of the clips' device is used. The draws are made in float64 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -23,8 +24,26 @@ import torch
 from skelcli.errors import SkelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from skelcli.methods.base import ClipBatch
     from skelcli.settings import DataSettings
+
+
+@dataclass
+class ClipBatch:
+    """A training batch of raw clips, already on the training device.
+
+    joints: (N, M, T_max, V, C) float32, zero-padded after ``valid`` frames (per sample).
+    valid: (N,) long number of valid frames. label: (N,) long class index.
+    """
+
+    joints: torch.Tensor
+    valid: torch.Tensor
+    label: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "ClipBatch":
+        return ClipBatch(self.joints.to(device, non_blocking=True), self.valid.to(device), self.label.to(device))
+
+    def __len__(self) -> int:
+        return self.joints.shape[0]
 
 
 class CropWindows(NamedTuple):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from skelcli.errors import SkelError
-from skelcli.methods.base import ClipBatch
+from skelcli.data.clips import ClipBatch
 
 _BYTES_PER_FRAME_VALUE = 4  # float32
 

@@ -3,14 +3,24 @@
 Raw dirs are searched recursively; files are parsed in a process pool; samples are streamed into
 the store in sorted-name order (deterministic output). Bad files are reported, counted, stored in
 /rejected and skipped; the store holds every good sample.
+
+Interrupts: Ctrl-C (SIGINT) and, inside :func:`sigterm_raises`, SIGTERM stop the run with the
+temporary ``<out>.tmp-<pid>`` removed and an existing ``out`` untouched; pool workers never print
+for them (see :func:`_worker_init`). Temporary files left by killed runs are removed by the next run.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import signal
+import stat
+import sys
+import threading
 import time
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -23,6 +33,32 @@ KINDS = ("ntu60", "ntu120", "pku-mmd-v1", "pku-mmd-v2")
 NTU_CLASSES = {"ntu60": 60, "ntu120": 120}
 #: Files that ship with the datasets and are ignored without a report.
 _IGNORED_SUFFIXES = {".xlsx", ".md", ".pdf", ".zip", ".csv"}
+#: ``--verify-inputs``: how a re-run decides that the raw files are unchanged (see prepare_dataset).
+VERIFY_INPUTS = ("stat", "hash")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received inside :func:`sigterm_raises` (a KeyboardInterrupt, so cleanup that handles
+    Ctrl-C handles it too)."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (further SIGTERMs
+    are ignored while that unwinds); the previous handler is restored after. No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -63,14 +99,20 @@ def default_settings(kind: str, **overrides):
 
 
 def _scan(raw_dirs: Sequence[Union[str, Path]], rejected: list[tuple[str, str]]) -> list[Path]:
-    """Every regular file under the raw dirs (recursive, sorted). Unreadable dirs go to ``rejected``."""
+    """Every regular file under the raw dirs (recursive, sorted; names starting with "." skipped).
+
+    Symlinks are followed. A directory reached a second time within one --raw dir (a symlink loop
+    such as ``ln -s . raw/again``, or a second link to it) is not scanned again; that entry goes to
+    ``rejected`` with a reason, as do unreadable dirs, dangling or looping symlinks
+    (``ln -s loop raw/loop``) and entries that are not regular files (named pipes, sockets, devices).
+    """
     if not raw_dirs:
         raise SkelError("no --raw directory given")
     files: list[Path] = []
     for d in raw_dirs:
         d = Path(d)
         if not d.exists():
-            raise SkelError(f"--raw {d} does not exist")
+            raise SkelError(f"--raw {d} does not exist" + (" (a dangling or looping symlink)" if d.is_symlink() else ""))
         if not d.is_dir():
             raise SkelError(f"--raw {d} is not a directory")
         if not os.access(d, os.R_OK | os.X_OK):
@@ -79,15 +121,50 @@ def _scan(raw_dirs: Sequence[Union[str, Path]], rejected: list[tuple[str, str]])
         def onerror(exc: OSError) -> None:
             rejected.append((str(exc.filename), f"unreadable directory: {exc.strerror}"))
 
-        for root, dirs, names in os.walk(d, onerror=onerror):
+        seen: set[tuple[int, int]] = set()
+        for root, dirs, names in os.walk(d, onerror=onerror, followlinks=True):
+            try:
+                st = os.stat(root)
+            except OSError as exc:
+                rejected.append((root, f"unreadable directory: {exc.strerror}"))
+                dirs.clear()
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                rejected.append((root, "directory already scanned (a symlink loop or a second link to it)"))
+                dirs.clear()
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirs.sort()
             for n in sorted(names):
-                if not n.startswith("."):
-                    files.append(Path(root) / n)
+                if n.startswith("."):
+                    continue
+                p = Path(root) / n
+                reason = _not_a_file(p)
+                if reason:
+                    rejected.append((str(p), reason))
+                else:
+                    files.append(p)
     return files
 
 
-def _fingerprint(kind: str, files: Sequence[Path], settings, extra: str = "") -> str:
+def _not_a_file(p: Path) -> Optional[str]:
+    """Why ``p`` (a non-directory entry of the scan) cannot be read as a raw file, or None."""
+    try:
+        st = p.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (too many levels of symbolic links)"
+        if exc.errno == errno.ENOENT and p.is_symlink():
+            return "dangling symlink (its target does not exist)"
+        return f"unreadable: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a named pipe, socket or device)"
+    return None
+
+
+def _fingerprint(kind: str, files: Sequence[Path], settings, extra: str = "", digests: Optional[dict[Path, str]] = None) -> str:
+    """sha256 over kind, skelcli version, settings, ``extra`` and, per file (sorted by name), its name,
+    size and mtime, or, when ``digests`` ({path: content digest}) is given, name, size and digest."""
     from skelcli import __version__
 
     h = hashlib.sha256()
@@ -96,15 +173,101 @@ def _fingerprint(kind: str, files: Sequence[Path], settings, extra: str = "") ->
     h.update(extra.encode())
     for p in sorted(files, key=lambda p: (p.name, str(p))):
         st = p.stat()
-        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        third = digests[p] if digests is not None else st.st_mtime_ns
+        h.update(f"{p.name}\0{st.st_size}\0{third}\n".encode())
     return h.hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    """blake2b-128 of the file's bytes, read in 1 MiB blocks ("unreadable: <reason>" on an OSError)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    return h.hexdigest()
+
+
+def _digests(paths: Sequence[Path], workers: int, progress: bool, label: str) -> dict[Path, str]:
+    """{path: _file_digest(path)}, hashed in the process pool."""
+    with closing(_pool_map(_file_digest, [str(p) for p in paths], workers, progress, label)) as results:
+        return dict(zip(paths, results))
+
+
+def _stored_source(out: Path) -> dict:
+    """The ``source`` attrs of an existing store ({} when there is none or it cannot be read)."""
+    from skelcli.data.store import open_info
+
+    try:
+        return open_info(out).source
+    except (SkelError, OSError, KeyError, ValueError):
+        return {}
+
+
+def _is_up_to_date(out: Path, force: bool, verify_inputs: str, fp: str, content_fp: Optional[str], notes: list[str]) -> bool:
+    """Whether the store at ``out`` was built from the same inputs (see prepare_dataset)."""
+    if force or not out.exists():
+        return False
+    source = _stored_source(out)
+    if verify_inputs == "hash":
+        if not source.get("content_fingerprint"):
+            if source:
+                notes.append("the existing store records no content hashes (it was built with --verify-inputs stat): rebuilt to record them")
+            return False
+        return source["content_fingerprint"] == content_fp
+    return source.get("fingerprint") == fp
+
+
+def _worker_init(parent: int) -> None:
+    """Signals in a pool worker: SIGINT and SIGTERM are ignored, since Ctrl-C, ``timeout``, Slurm or
+    systemd signal the whole process group or cgroup and the parent handles them; a worker that died
+    of them could hold a queue lock the parent's shutdown waits for. The pool ends its workers with
+    SIGKILL (:class:`_Worker`). When the parent is killed outright (kill -9) the worker is killed
+    too (Linux PR_SET_PDEATHSIG; elsewhere SIGPIPE ends it silently on its next result), so no orphan
+    is left and no BrokenPipeError traceback is printed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _fork_pool(workers: int):
+    """A fork-context multiprocessing Pool of :class:`_Worker` processes set up by :func:`_worker_init`.
+    SIGINT/SIGTERM are blocked while it forks, so a worker never runs the parent's handlers."""
+    import multiprocessing.pool
+
+    ctx = multiprocessing.get_context("fork")
+
+    class _Worker(ctx.Process):
+        """A worker that ignores SIGTERM: ``terminate()`` (what Pool.terminate calls) sends SIGKILL."""
+
+        def terminate(self) -> None:
+            self.kill()
+
+    class _Pool(multiprocessing.pool.Pool):
+        @staticmethod
+        def Process(ctx, *args, **kwds):  # the stdlib hook that makes the pool's worker processes
+            return _Worker(*args, **kwds)
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return _Pool(workers, initializer=_worker_init, initargs=(os.getpid(),), context=ctx)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _pool_map(fn, jobs: list, workers: int, progress: bool, label: str) -> Iterator:
     """Ordered map over jobs, in a process pool when workers > 1, with a files/s bar (plain progress
-    lines when the console is not a terminal, :mod:`skelcli.progress`)."""
-    from contextlib import ExitStack
-
+    lines when the console is not a terminal, :mod:`skelcli.progress`). Closing the generator (or an
+    exception in it) terminates the pool."""
     with ExitStack() as stack:
         bar = None
         if progress:
@@ -115,9 +278,7 @@ def _pool_map(fn, jobs: list, workers: int, progress: bool, label: str) -> Itera
             stack.callback(bar.close)
         t0 = time.perf_counter()
         if workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
-
-            pool = stack.enter_context(mp.get_context("fork").Pool(workers))
+            pool = stack.enter_context(_fork_pool(workers))
             it = pool.imap(fn, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8) or 1)))
         else:
             it = map(fn, jobs)
@@ -144,9 +305,9 @@ def _ntu_job(args) -> tuple:
         return ("rejected", Path(path).stem, f"unreadable file: {exc.strerror}", size)
 
 
-def _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress, missing_list, rejected, t0) -> PrepareReport:
+def _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress, missing_list, rejected, t0, verify_inputs, notes) -> PrepareReport:
     from skelcli.data.ntu import in_ntu60, ntu_splits, parse_name, read_missing_list
-    from skelcli.data.store import Sample, read_fingerprint, write_store
+    from skelcli.data.store import Sample, write_store
 
     by_name: dict[str, Path] = {}
     skipped_other = 0
@@ -173,9 +334,13 @@ def _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress,
     if missing_list is not None:
         listed = read_missing_list(missing_list)
         list_hash = hashlib.sha256("\n".join(sorted(listed)).encode()).hexdigest()
-    fp = _fingerprint(kind, [by_name[n] for n in names], settings, list_hash)
-    if Path(out).exists() and not force and read_fingerprint(out) == fp:
-        return _up_to_date_report(kind, out, t0)
+    paths = [by_name[n] for n in names]
+    fp = _fingerprint(kind, paths, settings, list_hash)
+    content_fp = None
+    if verify_inputs == "hash":
+        content_fp = _fingerprint(kind, paths, settings, list_hash, _digests(paths, workers, progress, f"hash {kind} inputs"))
+    if _is_up_to_date(out, force, verify_inputs, fp, content_fp, notes):
+        return _up_to_date_report(kind, out, t0, verify_inputs)
     if not names:
         raise SkelError(f"no valid {kind} .skeleton files found under the --raw dirs")
 
@@ -185,22 +350,23 @@ def _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress,
 
     def samples() -> Iterator[Sample]:
         jobs = [(str(by_name[n]), settings) for n in names]
-        for res in _pool_map(_ntu_job, jobs, workers, progress, f"prepare {kind}"):
-            if res[0] == "rejected":
-                _, name, reason, size = res
-                stats["bytes"] += size
-                rejected.append((name, reason))
-                rejected_samples.append(name)
-                continue
-            _, meta, joints, num_actors, size = res
-            stats["bytes"] += size
-            if meta.name in listed:
-                parsed_ok_listed.append(meta.name)
-                if settings.exclude_missing_list:
-                    rejected.append((meta.name, "on the missing-skeleton list"))
+        with closing(_pool_map(_ntu_job, jobs, workers, progress, f"prepare {kind}")) as results:
+            for res in results:
+                if res[0] == "rejected":
+                    _, name, reason, size = res
+                    stats["bytes"] += size
+                    rejected.append((name, reason))
+                    rejected_samples.append(name)
                     continue
-            stats["frames"].append(len(joints))
-            yield Sample(meta.name, joints, meta.label, meta.setup, meta.camera, meta.subject, meta.replication, num_actors)
+                _, meta, joints, num_actors, size = res
+                stats["bytes"] += size
+                if meta.name in listed:
+                    parsed_ok_listed.append(meta.name)
+                    if settings.exclude_missing_list:
+                        rejected.append((meta.name, "on the missing-skeleton list"))
+                        continue
+                stats["frames"].append(len(joints))
+                yield Sample(meta.name, joints, meta.label, meta.setup, meta.camera, meta.subject, meta.replication, num_actors)
 
     def splits(names_written, meta_arr):
         return ntu_splits(kind, meta_arr["subject"], meta_arr["camera"], meta_arr["setup"])
@@ -211,7 +377,10 @@ def _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress,
         "skipped_other_dataset": skipped_other,
         "fingerprint": fp,
         "missing_list": str(missing_list) if missing_list else None,
+        "verify_inputs": verify_inputs,
     }
+    if content_fp is not None:
+        source["content_fingerprint"] = content_fp
     preprocessing = {"settings": settings.model_dump(), "spec": "spec/mamp-and-data.md D.3-D.5", "layout": "(frames, 2, 25, 3) metres, NTU joint order"}
     n = _write_nonempty(write_store, out, samples(), kind, NTU_CLASSES[kind], splits, rejected, preprocessing, source)
     mlist = None
@@ -243,9 +412,9 @@ def _pku_job(args) -> tuple:
         return ("rejected", video, f"unreadable file: {exc.strerror}", size)
 
 
-def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress, rejected, t0) -> PrepareReport:
+def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress, rejected, t0, verify_inputs, notes) -> PrepareReport:
     from skelcli.data.pku import NUM_CLASSES, SPLIT_FILE_RE, label_mapping, read_labels, read_split_file, video_info
-    from skelcli.data.store import Sample, read_fingerprint, write_store
+    from skelcli.data.store import Sample, write_store
 
     skel_dirs, label_dirs = set(settings.skeleton_dirs), set(settings.label_dirs)
     skeletons: dict[str, Path] = {}
@@ -283,9 +452,15 @@ def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress,
         else:
             warnings.append(f"no {proto} split file found (cross-{'subject' if proto == 'xsub' else 'view'}{'_v2' if want_v2 else ''}.txt); protocol not stored")
     extra = "".join(f"{k}={v.stat().st_size}:{v.stat().st_mtime_ns}" for k, v in sorted(chosen.items()))
-    fp = _fingerprint(kind, [skeletons[v] for v in videos] + [label_files[v] for v in videos if v in label_files], settings, extra)
-    if Path(out).exists() and not force and read_fingerprint(out) == fp:
-        return _up_to_date_report(kind, out, t0)
+    paths = [skeletons[v] for v in videos] + [label_files[v] for v in videos if v in label_files]
+    fp = _fingerprint(kind, paths, settings, extra)
+    content_fp = None
+    if verify_inputs == "hash":
+        digests = _digests(paths + [chosen[k] for k in sorted(chosen)], workers, progress, f"hash {kind} inputs")
+        content_extra = "".join(f"{k}={v.stat().st_size}:{digests[v]}" for k, v in sorted(chosen.items()))
+        content_fp = _fingerprint(kind, paths, settings, content_extra, digests)
+    if _is_up_to_date(out, force, verify_inputs, fp, content_fp, notes):
+        return _up_to_date_report(kind, out, t0, verify_inputs)
     if not videos:
         raise SkelError(f"no valid {kind} skeleton files found under the --raw dirs")
 
@@ -307,19 +482,20 @@ def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress,
 
     def samples() -> Iterator[Sample]:
         jobs = [(v, str(skeletons[v]), labels[v], settings) for v in videos if v in labels]
-        for res in _pool_map(_pku_job, jobs, workers, progress, f"prepare {kind}"):
-            if res[0] == "rejected":
-                _, video, reason, size = res
+        with closing(_pool_map(_pku_job, jobs, workers, progress, f"prepare {kind}")) as results:
+            for res in results:
+                if res[0] == "rejected":
+                    _, video, reason, size = res
+                    stats["bytes"] += size
+                    rejected.append((video, reason))
+                    continue
+                _, clips, rej, size = res
                 stats["bytes"] += size
-                rejected.append((video, reason))
-                continue
-            _, clips, rej, size = res
-            stats["bytes"] += size
-            rejected.extend(rej)
-            for c in clips:
-                seq, view = video_info(c.video, kind)
-                stats["frames"].append(len(c.joints))
-                yield Sample(c.name, c.joints, mapping[c.action], seq, view, -1, -1, c.num_actors)
+                rejected.extend(rej)
+                for c in clips:
+                    seq, view = video_info(c.video, kind)
+                    stats["frames"].append(len(c.joints))
+                    yield Sample(c.name, c.joints, mapping[c.action], seq, view, -1, -1, c.num_actors)
 
     def splits(names_written, meta_arr):
         vids = np.array([n.rsplit("_", 1)[0] for n in names_written], dtype=object)
@@ -335,7 +511,10 @@ def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress,
         "files": len(videos),
         "split_files": {k: str(v) for k, v in chosen.items()},
         "fingerprint": fp,
+        "verify_inputs": verify_inputs,
     }
+    if content_fp is not None:
+        source["content_fingerprint"] = content_fp
     preprocessing = {
         "settings": settings.model_dump(),
         "centered": settings.centered,
@@ -372,6 +551,8 @@ def _write_nonempty(write_store, out, samples, kind, num_classes, splits, reject
         reasons = _count_reasons(rejected)
         top = ", ".join(f"{r} ({c})" for r, c in sorted(reasons.items(), key=lambda x: -x[1])[:3])
         raise SkelError(f"no valid {kind} sample found; {len(rejected)} rejected: {top}") from None
+    finally:
+        samples.close()  # stops the parser pool now, also when the write failed or was interrupted
 
 
 def _reason_key(reason: str) -> str:
@@ -405,17 +586,18 @@ def _report(kind, out, n, rejected, skipped_other, stats, files, workers, t0, ml
     )
 
 
-def _up_to_date_report(kind, out, t0) -> PrepareReport:
+def _up_to_date_report(kind, out, t0, verify_inputs) -> PrepareReport:
     from skelcli.data.store import open_info, read_rejected
 
     info = open_info(out)
     rej = read_rejected(out)
+    compared = "file contents (blake2b)" if verify_inputs == "hash" else "file sizes and mtimes"
     return PrepareReport(
         dataset=kind, out=str(out), status="up-to-date", kept=info.num_samples, rejected=_count_reasons(rej),
         skipped_other_dataset=int(info.source.get("skipped_other_dataset", 0)), splits=info.protocols, frames={},
         files=int(info.source.get("files", 0)), megabytes=0.0, seconds=round(time.perf_counter() - t0, 3), mb_per_s=0.0,
         workers=0, rejected_examples=[tuple(r) for r in rej[:20]],
-        warnings=["inputs and settings unchanged since the last run: nothing to do (use --force to rebuild)"],
+        warnings=[f"inputs ({compared}) and settings unchanged since the last run: nothing to do (use --force to rebuild)"],
     )
 
 
@@ -428,15 +610,29 @@ def prepare_dataset(
     force: bool = False,
     progress: bool = False,
     missing_list: Optional[Union[str, Path]] = None,
+    verify_inputs: str = "stat",
 ) -> PrepareReport:
     """Build the HDF5 store for ``kind`` (ntu60, ntu120, pku-mmd-v1, pku-mmd-v2) from raw dirs.
 
-    A re-run whose inputs (file names, sizes, mtimes), settings and missing list are unchanged is a
-    no-op (status "up-to-date") unless ``force``. SkelError on: unknown kind, missing --raw,
-    duplicate sample names, nothing valid found.
+    A re-run whose inputs, settings and missing list are unchanged is a no-op (status "up-to-date")
+    unless ``force``. ``verify_inputs`` says how inputs are compared: "stat" (default) by file name,
+    size and mtime; "hash" by name, size and a blake2b digest of every raw file's bytes (one extra
+    read of the raw data, before parsing), which catches a same-size edit whose mtime was kept
+    (``rsync -t``, ``touch -r``) and ignores mtime-only changes. The store always records the stat
+    fingerprint, and the content one when built with "hash": a "hash" run on a store built with
+    "stat" rebuilds it once (there is nothing to compare), a "stat" run after "hash" compares sizes
+    and mtimes.
+
+    Temporary files ``<out>.tmp-<pid>`` of processes that no longer exist are removed first (a
+    report warning names them). SkelError on: unknown kind, missing --raw, an ``out`` that is a
+    directory or cannot be created, duplicate sample names, nothing valid found.
     """
+    from skelcli.data.store import clean_temp_files
+
     if kind not in KINDS:
         raise SkelError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if verify_inputs not in VERIFY_INPUTS:
+        raise SkelError(f"unknown --verify-inputs {verify_inputs!r}; choose one of {', '.join(VERIFY_INPUTS)}")
     settings = settings if settings is not None else default_settings(kind)
     workers = int(workers) if workers else (os.cpu_count() or 1)
     if workers < 1:
@@ -444,9 +640,30 @@ def prepare_dataset(
     if missing_list is not None and not kind.startswith("ntu"):
         raise SkelError("--missing-list applies to ntu60/ntu120 only")
     out = Path(out)
+    _check_out(out)
     t0 = time.perf_counter()
+    removed, kept = clean_temp_files(out)
+    notes = [f"removed {p}: left by an interrupted run whose process is gone" for p in removed]
+    notes += [f"left {p} alone: its process is still running (another prepare writing {out.name}?)" for p in kept]
     rejected: list[tuple[str, str]] = []
     files = _scan(raw_dirs, rejected)
     if kind.startswith("ntu"):
-        return _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress, missing_list, rejected, t0)
-    return _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress, rejected, t0)
+        report = _prepare_ntu(kind, raw_dirs, files, out, settings, workers, force, progress, missing_list, rejected, t0, verify_inputs, notes)
+    else:
+        report = _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress, rejected, t0, verify_inputs, notes)
+    report.warnings[:0] = notes
+    return report
+
+
+def _check_out(out: Path) -> None:
+    """SkelError unless ``out`` can be written: not a directory, and its nearest existing ancestor
+    is a writable directory (missing folders are created by the write)."""
+    if out.is_dir():
+        raise SkelError(f"--out {out} is a directory; give the path of the .h5 file to write, e.g. {out / 'data.h5'}")
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise SkelError(f"--out {out}: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SkelError(f"--out {out}: directory {base} is not writable")

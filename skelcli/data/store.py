@@ -14,16 +14,19 @@
 
 Writes are atomic: everything goes to ``<out>.tmp-<pid>`` and is moved over ``out`` with
 ``os.replace`` only when complete; on any exception (KeyboardInterrupt included) the temporary
-file is removed and an existing ``out`` is untouched.
+file is removed and an existing ``out`` is untouched. A process killed outright (``kill -9``, power
+loss) leaves its temporary file behind: :func:`clean_temp_files` removes those of dead processes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
@@ -90,22 +93,48 @@ class SampleSet:
 SplitsArg = Union[Mapping[str, Mapping[str, np.ndarray]], Callable[[list[str], dict[str, np.ndarray]], Mapping[str, Mapping[str, np.ndarray]]]]
 
 
+def _h5_detail(exc: BaseException) -> str:
+    """The useful part of an h5py error: "Unable to ... (truncated file: eof = 10)" -> "truncated file: eof = 10"."""
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).strip()
+    m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if m:
+        return f"truncated: {m.group(1)} of {m.group(2)} bytes"
+    m = re.search(r"\(([^()]*)\)\s*$", text)
+    return m.group(1) if m else text
+
+
 def _open_checked(path: str | Path):
+    """The store at ``path`` opened read-only after the schema checks; every failure is a SkelError
+    naming the file (missing, a folder, not HDF5, truncated or unreadable, foreign, newer schema)."""
     import h5py
 
     path = Path(path)
     if not path.exists():
         raise SkelError(f"no such file: {path}")
-    if not h5py.is_hdf5(str(path)):
+    if path.is_dir():
+        raise SkelError(f"{path} is a folder, not an HDF5 file written by `skel prepare`")
+    try:
+        is_hdf5 = h5py.is_hdf5(str(path))
+    except OSError as exc:
+        raise SkelError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if not is_hdf5:
         raise SkelError(f"{path} is not an HDF5 file (expected a store written by `skel prepare`)")
-    f = h5py.File(str(path), "r")
-    schema = f.attrs.get("schema")
+    try:
+        f = h5py.File(str(path), "r")
+    except OSError as exc:
+        raise SkelError(f"{path}: cannot open the HDF5 file ({_h5_detail(exc)}); the file is truncated or corrupt: "
+                        "re-run `skel prepare` with --force") from None
+    try:
+        schema = f.attrs.get("schema")
+        version = int(f.attrs.get("schema_version", -1))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        f.close()
+        raise SkelError(f"{path}: cannot read the file's attributes ({_h5_detail(exc)})") from None
     if isinstance(schema, bytes):
         schema = schema.decode()
     if schema != SCHEMA:
         f.close()
         raise SkelError(f"{path} is an HDF5 file but not a skelcli skeleton store (schema attr {schema!r})")
-    version = int(f.attrs.get("schema_version", -1))
     if version > SCHEMA_VERSION:
         f.close()
         raise SkelError(
@@ -117,19 +146,36 @@ def _open_checked(path: str | Path):
     return f
 
 
+@contextmanager
+def open_store(path: str | Path) -> Iterator:
+    """``with open_store(path) as f:`` the checked, read-only store. h5py failures inside the block (a
+    missing dataset, a chunk that does not decode) become one SkelError naming the file."""
+    f = _open_checked(path)
+    try:
+        yield f
+    except (OSError, KeyError) as exc:
+        raise SkelError(f"{path}: cannot read the store ({_h5_detail(exc)}); the file is incomplete or corrupt "
+                        "(`skel info --verify` checks it; re-run `skel prepare` with --force)") from None
+    finally:
+        f.close()
+
+
 def _json_attr(f, key: str, default):
     v = f.attrs.get(key)
     if v is None:
         return default
     if isinstance(v, bytes):
         v = v.decode()
-    return json.loads(v)
+    try:
+        return json.loads(v)
+    except ValueError:
+        raise SkelError(f"{f.filename}: attribute {key!r} is not valid JSON; the file is corrupt") from None
 
 
 def open_info(path: str | Path) -> StoreInfo:
     """Validate the schema and return a :class:`StoreInfo`. SkelError for a non-HDF5 file, a foreign
     HDF5 file, or a newer schema_version."""
-    with _open_checked(path) as f:
+    with open_store(path) as f:
         protocols = {p: {part: int(f["splits"][p][part].shape[0]) for part in f["splits"][p]} for p in f.get("splits", {})}
         return StoreInfo(
             path=Path(path),
@@ -146,7 +192,7 @@ def open_info(path: str | Path) -> StoreInfo:
 
 def split_indices(path: str | Path, protocol: str, part: str) -> np.ndarray:
     """Indices (int64, sorted) of split ``protocol`` / ``part`` ("train" or "test")."""
-    with _open_checked(path) as f:
+    with open_store(path) as f:
         splits = f.get("splits")
         available = sorted(splits) if splits is not None else []
         if protocol not in available:
@@ -154,6 +200,18 @@ def split_indices(path: str | Path, protocol: str, part: str) -> np.ndarray:
         if part not in splits[protocol]:
             raise SkelError(f"unknown split part {part!r}; available: {', '.join(sorted(splits[protocol]))}")
         return splits[protocol][part][()].astype(np.int64)
+
+
+def read_labels(path: str | Path, indices=None) -> np.ndarray:
+    """Labels (int64) of samples ``indices`` (all samples when None), without reading /joints."""
+    with open_store(path) as f:
+        labels = f["label"][()].astype(np.int64)
+    if indices is None:
+        return labels
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(labels)):
+        raise SkelError(f"sample index out of range 0..{len(labels) - 1}")
+    return labels[idx]
 
 
 def _runs(sorted_idx: np.ndarray) -> list[tuple[int, int]]:
@@ -175,7 +233,7 @@ def read_samples(path: str | Path, indices) -> SampleSet:
     the whole span is read at once (one pass over the chunks instead of one read per sample).
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    with _open_checked(path) as f:
+    with open_store(path) as f:
         offsets = f["offsets"][()]
         n = len(offsets) - 1
         if len(idx) and (idx.min() < 0 or idx.max() >= n):
@@ -229,6 +287,53 @@ def temp_path(out: Path) -> Path:
     return out.with_name(f"{out.name}.tmp-{os.getpid()}")
 
 
+def clean_temp_files(out: Path) -> tuple[list[Path], list[Path]]:
+    """Remove the ``<out>.tmp-<pid>`` files of processes that no longer exist; return (removed, kept).
+
+    A PID counts as alive when ``os.kill(pid, 0)`` succeeds or is refused (EPERM: another user's
+    process); those files are kept, as are names whose PID is 0 or out of range. PIDs are those of
+    this machine: a temporary file written from another host onto a shared disk looks dead here.
+    """
+    out = Path(out)
+    pattern = re.compile(re.escape(out.name) + r"\.tmp-(\d+)")
+    removed: list[Path] = []
+    kept: list[Path] = []
+    try:
+        entries = sorted(out.parent.iterdir())
+    except OSError:
+        return removed, kept
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid > 0 and _process_gone(pid):
+            try:
+                p.unlink()
+            except OSError:
+                continue
+            removed.append(p)
+        else:
+            kept.append(p)
+    return removed, kept
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists (``os.kill(pid, 0)`` raises ProcessLookupError)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def _os_reason(exc: OSError) -> str:
+    """``Permission denied`` for an OSError, also for h5py's long "Unable to create file (...)" text."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def write_store(
     path: str | Path,
     samples: Iterable[Sample],
@@ -252,14 +357,19 @@ def write_store(
     import h5py
 
     out = Path(path)
+    if out.is_dir():
+        raise SkelError(f"{out} is a directory; give the path of the .h5 file to write")
     if out.exists() and not force:
         raise SkelError(f"{out} exists; pass force=True (--force) to overwrite")
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out)
     str_dt = h5py.string_dtype("utf-8")
     try:
-        with h5py.File(str(tmp), "w") as f:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(str(tmp), "w")
+        except OSError as exc:
+            raise SkelError(f"cannot write {out}: {_os_reason(exc)}") from None
+        with f:
             joints = f.create_dataset(
                 "joints", shape=(0, *FRAME_SHAPE), maxshape=(None, *FRAME_SHAPE), dtype=np.float32,
                 chunks=(CHUNK_FRAMES, *FRAME_SHAPE), **COMPRESSION,
@@ -325,7 +435,10 @@ def write_store(
             f.attrs["source"] = json.dumps(source, sort_keys=True)
             if class_names is not None:
                 f.attrs["class_names"] = json.dumps(list(class_names))
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise SkelError(f"cannot move {tmp.name} over {out}: {_os_reason(exc)}") from None
     except BaseException:
         try:
             tmp.unlink()
@@ -337,7 +450,7 @@ def write_store(
 
 def read_rejected(path: str | Path) -> list[tuple[str, str]]:
     """The /rejected table as [(name, reason)]."""
-    with _open_checked(path) as f:
+    with open_store(path) as f:
         if "rejected" not in f:
             return []
         return list(zip(f["rejected"]["name"].asstr()[()], f["rejected"]["reason"].asstr()[()]))

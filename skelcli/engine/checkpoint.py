@@ -88,21 +88,55 @@ class EncoderInfo:
     settings: dict[str, Any]
 
 
+def check_encoder_shapes(cfg, state: dict[str, Any], path: str | Path) -> None:
+    """SkelError unless ``state`` holds exactly the tensors, with exactly the shapes, of a
+    :class:`SkeletonEncoder` built from ``cfg``.
+
+    The reference encoder is built on the ``meta`` device (shapes only, no memory), so a checkpoint
+    whose config asks for a huge encoder fails here, before anything is allocated.
+    """
+    from skelcli.models.encoder import SkeletonEncoder
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SkeletonEncoder(cfg).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    if not (missing or unexpected or wrong):
+        return
+    sizes = f"dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}"
+    if wrong:
+        k = wrong[0]
+        detail = (f"{k} has shape {list(found[k])} in the file but {list(expected[k])} for its encoder_config ({sizes})"
+                  + (f"; {len(wrong) - 1} more tensor(s) differ" if len(wrong) > 1 else ""))
+    else:
+        detail = f"missing {missing[:3]}, unexpected {unexpected[:3]} for its encoder_config ({sizes})"
+    raise SkelError(f"{path}: encoder weights do not match the checkpoint's encoder_config: {detail}")
+
+
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu"):
     """Build the downstream :class:`SkeletonEncoder` of a checkpoint and load its weights.
 
     Returns (encoder in eval mode, EncoderInfo, the raw checkpoint dict).
     """
+    from pydantic import ValidationError
+
     from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 
     ckpt = load_checkpoint(path, map_location)
     if "encoder" not in ckpt or "encoder_config" not in ckpt:
         raise SkelError(f"{path}: checkpoint holds no encoder (keys: {', '.join(sorted(ckpt))})")
-    cfg = EncoderConfig(**ckpt["encoder_config"])
+    if not isinstance(ckpt["encoder_config"], dict) or not isinstance(ckpt["encoder"], dict):
+        raise SkelError(f"{path}: encoder_config and encoder must be a dict and a state dict")
+    try:
+        cfg = EncoderConfig(**ckpt["encoder_config"])
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'encoder_config'}: {e['msg']}" for e in exc.errors())
+        raise SkelError(f"{path}: invalid encoder_config ({errors})") from None
+    check_encoder_shapes(cfg, ckpt["encoder"], path)
     enc = SkeletonEncoder(cfg)
-    missing, unexpected = enc.load_state_dict(ckpt["encoder"], strict=False)
-    if missing or unexpected:
-        raise SkelError(f"{path}: encoder weights do not match its config (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    enc.load_state_dict(ckpt["encoder"])  # keys and shapes were checked above
     enc.eval()
     data = ckpt.get("data") or {}
     info = EncoderInfo(
@@ -115,3 +149,12 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu"):
         settings=ckpt.get("settings", {}),
     )
     return enc, info, ckpt
+
+
+def check_head_classes(ckpt: dict[str, Any], num_classes: int, checkpoint, data_path) -> None:
+    """A fine-tuned checkpoint's head must match the data file's class count."""
+    head_cfg = ckpt.get("head_config")
+    if head_cfg and int(head_cfg.get("num_classes", num_classes)) != num_classes:
+        raise SkelError(
+            f"{checkpoint}: fine-tuned head has {head_cfg['num_classes']} classes but {data_path} has {num_classes}"
+        )

@@ -19,7 +19,9 @@ from pydantic import Field, ValidationError
 import skelcli.methods  # noqa: F401  (registers every method)
 from skelcli.errors import SkelError
 from skelcli.methods.base import _REGISTRY
-from skelcli.settings import DataSettings, OptimSettings, RuntimeSettings, StrictModel, deep_merge, load_toml, merge_overrides
+from skelcli.settings import (
+    DataSettings, OptimSettings, RuntimeSettings, StrictModel, check_sections, deep_merge, load_toml, merge_overrides, parse_override,
+)
 
 PRESETS = ("paper", "small")
 
@@ -90,6 +92,12 @@ def resolve_pretrain_settings(
     Errors are one-line :class:`SkelError` s that name the offending field.
     """
     toml: dict[str, Any] = load_toml(Path(config_file)) if config_file is not None else {}
+    # `--set optim=3` / `method = [1]` would silently replace a whole section: refuse it, naming the
+    # section (top level here, before the method name is looked up; nested sections below).
+    sections = {name: {} for name in PretrainSettings.model_fields}  # method, data, optim, runtime
+    check_sections(sections, toml, str(config_file))
+    for text in overrides or []:
+        check_sections(sections, parse_override(text), f"--set {text}")
     over = merge_overrides({}, overrides)
     name = method or over.get("method", {}).get("name") or toml.get("method", {}).get("name")
     if name is None:
@@ -108,7 +116,10 @@ def resolve_pretrain_settings(
     layered: dict[str, Any] = {"method": _REGISTRY[name].settings_cls().model_dump(mode="json")}
     layered = deep_merge(layered, _REGISTRY[name].settings_cls.preset(preset, dataset))
     layered["method"]["name"] = name
+    check_sections(layered, toml, str(config_file))  # nested sections too (method.encoder = 3)
     layered = deep_merge(layered, toml)
+    for text in overrides or []:
+        check_sections(layered, parse_override(text), f"--set {text}")
     layered = deep_merge(layered, over)
     explicit: dict[str, Any] = {"method": {"name": name}}
     if data_path is not None:

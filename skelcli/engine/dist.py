@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +82,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
         torch.cuda.set_device(dev)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    register_worker(rank)
     return DistContext(rank, world, local, dev, backend)
 
 
@@ -224,17 +226,64 @@ def quiet_non_main(ctx: DistContext) -> None:
         console.quiet = True
 
 
-def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:
-    """Replace this process by ``python -m torch.distributed.run --nproc-per-node N -m skelcli ...``.
+#: Set by ``skel pretrain --nproc N`` for its workers: the folder where each worker leaves ``rank-R.pid``.
+LAUNCHED_ENV = "SKEL_LAUNCH_DIR"
 
-    ``argv`` is the command line after the program name with the ``--nproc`` option removed.
-    Used by ``skel pretrain --nproc N`` as a convenience.
+
+def register_worker(rank: int) -> None:
+    """Under ``--nproc``, record this worker's PID so the launcher can forward signals to it."""
+    folder = os.environ.get(LAUNCHED_ENV)
+    if folder:
+        Path(folder, f"rank-{rank}.pid").write_text(str(os.getpid()))
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:
+    """Run ``python -m torch.distributed.run --standalone --nproc-per-node N -m skelcli ...`` and exit with its outcome.
+
+    ``argv`` is the command line after the program name with the ``--nproc`` option removed. Used by
+    ``skel pretrain --nproc N`` as a convenience. torchrun runs in its own session; SIGINT / SIGTERM
+    reaching this launcher are forwarded to the workers themselves (torchrun, signalled directly, stops
+    its workers and exits 1 with a traceback). The workers checkpoint, exit 0, torchrun ends quietly,
+    and this process exits 130 / 143 like a single-process run.
     """
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "skelcli", *args]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(cmd[0], cmd)
+    received: list[int] = []
+    forwarded: set[int] = set()
+
+    def handle(signum, frame) -> None:  # noqa: ANN001
+        received.append(signum)
+        forwarded.clear()  # a second Ctrl-C goes to every worker again
+
+    with tempfile.TemporaryDirectory(prefix="skel-launch-") as folder:
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            child = subprocess.Popen(cmd, env={**os.environ, LAUNCHED_ENV: folder}, start_new_session=True)
+            while child.poll() is None:
+                if received:
+                    for f in Path(folder).glob("rank-*.pid"):
+                        pid = int(f.read_text() or 0)
+                        if pid and pid not in forwarded:
+                            try:
+                                os.kill(pid, received[-1])
+                            except ProcessLookupError:
+                                pass
+                            forwarded.add(pid)
+                time.sleep(0.05)
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+    code = child.returncode
+    if received and code == 0:
+        code = 130 if received[-1] == signal.SIGINT else 143
+    raise SystemExit(code)
 
 
 def strip_option(argv: list[str], name: str) -> list[str]:

@@ -20,9 +20,41 @@ the training device, so CPU and CUDA runs see the same numbers.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+import random
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states as checkpoint-safe types (tensors, lists, numbers)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
 
 
 def stream_seed(seed: int, epoch: int, step: int, stream: str) -> int:
@@ -82,4 +114,4 @@ class SampleDraws:
         return self.uniform(stream, (per, width)).reshape(num_rows, width)
 
 
-__all__ = ["SampleDraws", "rank_positions", "stream_seed"]
+__all__ = ["SampleDraws", "rank_positions", "stream_seed", "seed_everything", "rng_state", "set_rng_state"]

@@ -5,41 +5,44 @@
 per-iteration warmup + cosine (:class:`~skelcli.engine.schedule.LRSchedule`), bf16 autocast on CUDA
 (fp32 on CPU), optional ``torch.compile`` and gradient clipping.
 
-Run folder ``out_dir``:
+Run folder ``out_dir`` (a :class:`~skelcli.engine.rundir.RunDir`: locked while the run writes, refusal
+rules in :func:`~skelcli.engine.rundir.open_run`):
 
-* ``settings.json`` -- the resolved settings; a folder holding a different configuration, or any
-  checkpoint, is refused unless ``force`` (which moves the old files to ``old-<time>/``) or a resume;
+* ``settings.json`` -- the resolved settings, written atomically; a folder holding a different
+  configuration, or any checkpoint, is refused unless ``force`` (which moves the old files to
+  ``old-<time>/``) or a resume;
 * ``metrics.jsonl`` -- one JSON object per ``log_every`` steps (``kind="step"``: epoch, step, loss
-  terms, lr, samples/s, data-wait share) and per epoch (``kind="epoch"``);
+  terms, lr, samples/s, data-wait share), per epoch (``kind="epoch"``), per start (``setup``) and
+  resume (``resume``); a resume first cuts it back to the checkpoint's step;
 * ``last.pt`` every epoch (and on SIGINT/SIGTERM, at the next step boundary), ``checkpoint-{epoch:04d}.pt``
   every ``checkpoint_every`` epochs and at the end. Checkpoints hold everything needed for an exact
   resume (model, optimizer, schedule, RNG states, epoch, step, batches done in the epoch).
 
 Resume restores all of that and replays the same data order (``loader.set_epoch``; a mid-epoch
 checkpoint skips the batches already trained on), so on CPU with a fixed seed a resumed run ends
-with the same parameters as an uninterrupted one. ``rank`` / ``world_size`` are explicit: rank 0
-alone prints, logs and writes checkpoints, the global batch is split over ranks (DDP comes later).
+with the same parameters as an uninterrupted one. Under DDP rank 0 alone prints, logs and writes
+checkpoints, and the global batch is split over the ranks.
+
+Parts: :func:`pretrain` (folder, then :class:`_PretrainLoop`), whose ``__init__`` builds data, method,
+optimizer and schedule, ``train_step`` does one optimizer step, ``run`` loops over epochs, logs, saves.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import random
-import signal
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from skelcli.engine.checkpoint import load_checkpoint, save_checkpoint
+from skelcli.engine.checkpoint import save_checkpoint
 from skelcli.engine.config import PretrainSettings
 from skelcli.engine.dist import autocast_context, resolve_device
+from skelcli.engine.rng import rng_state, seed_everything, set_rng_state
+from skelcli.engine.rundir import RunDir, StopSignal, open_run
 from skelcli.engine.schedule import LRSchedule
 from skelcli.errors import SkelError
 from skelcli.settings import to_jsonable
@@ -68,6 +71,8 @@ class TrainResult:
     global_batch: int = 0
     per_process_batch: int = 0
     accumulation: int = 1
+    complete: bool = False  # the checkpoint resumed from had finished every epoch: nothing was done
+    notes: list[str] = field(default_factory=list)  # what the run folder handling did (stale lock, log cut, files moved)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -77,48 +82,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """All RNG states as checkpoint-safe types (tensors, lists, numbers)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = state["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        path = prefix + (key,)
-        if path[:2] in _VOLATILE:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, path)
-        elif a != b:
-            out.append(".".join(path))
-    return out
-
-
 def data_fingerprint(path: Path, info: Any, split: str, n_train: int) -> dict[str, Any]:
     """What identifies the training data: file size and modification time, sample count, split size
     (a file rewritten after the run started is detected on resume; moving it with its mtime is fine)."""
@@ -127,71 +90,17 @@ def data_fingerprint(path: Path, info: Any, split: str, n_train: int) -> dict[st
             "train_samples": int(n_train)}
 
 
-def _checkpoint_candidates(run_dir: Path) -> list[Path]:
-    """Newest first: last.pt (written every epoch and on interruption), then checkpoint-NNNN.pt by number."""
-    numbered = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: p.name, reverse=True)
-    return ([run_dir / "last.pt"] if (run_dir / "last.pt").exists() else []) + numbered
-
-
 def find_resume_checkpoint(run_dir: Path, method: str) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
-    """``--resume auto``: the newest checkpoint of ``run_dir`` that loads and verifies.
+    """``--resume auto``: the newest checkpoint of ``run_dir`` that loads and holds training state.
 
     Returns (path, checkpoint, notes on skipped files); (None, None, notes) when there is none.
     """
-    notes: list[str] = []
-    for path in _checkpoint_candidates(run_dir):
-        try:
-            ckpt = load_checkpoint(path)
-        except SkelError as exc:
-            notes.append(f"skipped {path.name}: {exc}")
-            continue
-        if "model" not in ckpt or "optimizer" not in ckpt:
-            notes.append(f"skipped {path.name}: holds no training state")
-            continue
-        return path, ckpt, notes
-    return None, None, notes
+    return RunDir(run_dir).find_resume()
 
 
 def move_aside(run_dir: Path) -> Path | None:
-    """Move a run folder's checkpoints, metrics.jsonl and settings.json into ``run_dir/old-<UTC time>/``
-    before a fresh run (``--force``) writes new ones; returns that folder (None when there was nothing)."""
-    old = list(run_dir.glob("checkpoint-*.pt")) + [run_dir / n for n in ("last.pt", "metrics.jsonl", "settings.json")]
-    old = [p for p in old if p.exists()]
-    if not old:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    target = run_dir / f"old-{stamp}"
-    n = 1
-    while target.exists():
-        n += 1
-        target = run_dir / f"old-{stamp}-{n}"
-    target.mkdir()
-    for p in old:
-        p.rename(target / p.name)
-    return target
-
-
-class _StopSignal:
-    """SIGINT/SIGTERM -> finish the current step, checkpoint, return. A second SIGINT aborts at once."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:  # noqa: ANN001
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self) -> "_StopSignal":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    """Move a run folder's checkpoints, metrics.jsonl and settings.json into ``run_dir/old-<UTC time>/``."""
+    return RunDir(run_dir).move_aside()
 
 
 def _micro_batches(loader: Any, start_step: int, data_steps: int, accum: int):
@@ -249,6 +158,34 @@ def _restore_rng(ckpt: dict[str, Any], ctx: Any, seed: int) -> None:
         seed_everything(seed + ctx.rank + 1_000_003 * int(ckpt.get("step", 0)))
 
 
+def _on_main(ctx: Any, fn) -> Any:
+    """Run ``fn`` on rank 0 only; a SkelError there is raised on every rank (no rank waits forever)."""
+    from skelcli.engine.dist import all_gather_objects
+
+    out, err = None, None
+    if ctx.is_main:
+        try:
+            out = fn()
+        except SkelError as exc:
+            err = str(exc)
+    first = all_gather_objects(err, ctx)[0]
+    if first is not None:
+        raise SkelError(first)
+    return out
+
+
+def _open_folder(run: RunDir, resolved: dict[str, Any], method_name: str, resume: str | Path | None, force: bool,
+                 ctx: Any) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """Lock the run folder (rank 0) and apply the refusal rules (every rank reads the same files)."""
+    _on_main(ctx, run.acquire)
+    try:
+        resume_path, ckpt, notes = open_run(run, resolved, resume=resume, force=force, volatile=_VOLATILE, method=method_name)
+    except BaseException:
+        run.release()
+        raise
+    return resume_path, ckpt, notes
+
+
 def pretrain(
     settings: PretrainSettings,
     out_dir: Path,
@@ -274,20 +211,14 @@ def pretrain(
     (default: ``runtime.max_per_device_batch`` when the settings have it, else no limit).
     ``settings.data.batch_size`` is the *global* batch whatever the process count.
     Raises SkelError on bad input and on a non-finite loss (naming the step; the last good
-    checkpoint is kept).
+    checkpoint is kept). A run folder in use by another process is refused (see rundir.py).
     """
-    from skelcli.data.loader import ClipDataset, ClipLoader
     from skelcli.data.store import open_info
-    from skelcli.engine.dist import all_gather_objects, all_reduce_mean, any_rank, barrier, plan_batches
-    from skelcli.engine.rng import SampleDraws, rank_positions
-    from skelcli.methods.base import DatasetInfo, get_method
+    from skelcli.engine.dist import barrier, plan_batches
 
-    out_dir = Path(out_dir)
     cfg = settings
     ctx = _resolve_context(ctx, cfg.runtime.device)
-    rank, world_size, is_main = ctx.rank, ctx.world_size, ctx.is_main
     resolved = to_jsonable(cfg)
-    method_name = cfg.method.name
     if cfg.data.path is None:
         raise SkelError("no data file: pass --data FILE.h5 (or set data.path)")
     data_path = Path(cfg.data.path)
@@ -296,291 +227,283 @@ def pretrain(
         raise SkelError(f"{data_path.name} has no split {cfg.data.split!r}; available: {', '.join(sorted(info.protocols)) or 'none'}")
     if max_per_device_batch is None:
         max_per_device_batch = getattr(cfg.runtime, "max_per_device_batch", None)
-    plan = plan_batches(cfg.data.batch_size, world_size, max_per_device_batch)
+    plan = plan_batches(cfg.data.batch_size, ctx.world_size, max_per_device_batch)
 
-    # ------------------------------------------------------------ run folder
-    settings_file = out_dir / "settings.json"
-    resume_path: Path | None = None
-    ckpt: dict[str, Any] | None = None
-    notes: list[str] = []
-    if resume == "auto":
-        if out_dir.is_dir():
-            resume_path, ckpt, notes = find_resume_checkpoint(out_dir, method_name)
-    elif resume is not None:
-        resume_path = Path(resume)
-        ckpt = load_checkpoint(resume_path)
-    if ckpt is not None:
-        if ckpt.get("method") != method_name:
-            raise SkelError(f"{resume_path}: checkpoint of method {ckpt.get('method')!r}, cannot resume a {method_name!r} run")
-        if "model" not in ckpt:
-            raise SkelError(f"{resume_path}: checkpoint holds no training state (model/optimizer)")
-        diff = _differences(ckpt.get("settings", {}), resolved)
-        if diff and not force:
-            raise SkelError(f"{resume_path}: written with different settings ({', '.join(diff[:5])}); use --force to resume anyway")
-    if settings_file.exists() and not force:
-        old = json.loads(settings_file.read_text())
-        diff = _differences(old, resolved)
-        if diff:
-            raise SkelError(f"run folder {out_dir} holds a different configuration ({', '.join(diff[:5])}); use --force or another --out")
-    # Checkpoints are never overwritten by a fresh run, whether or not settings.json is there (copied
-    # checkpoints, a lost settings file): only --resume continues them, and --force moves them aside.
-    if ckpt is None and not force and out_dir.is_dir() and _checkpoint_candidates(out_dir):
-        raise SkelError(f"run folder {out_dir} already holds checkpoints; use --resume auto to continue or --force to start "
-                        "over (the old files are then moved to an old-<time> folder)")
-    barrier(ctx)  # every rank has checked the folder before rank 0 changes it
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            move_aside(out_dir)
-        settings_file.write_text(json.dumps(resolved, indent=2) + "\n")
-    barrier(ctx)
-
-    # ------------------------------------------------------------ data
-    device = ctx.device
-    dataset = ClipDataset.from_store(
-        data_path, cfg.data.split, "train", limit=cfg.data.limit, memory_budget_gb=cfg.data.memory_budget_gb
-    )
-    if len(dataset) < plan.global_batch:
-        raise SkelError(f"split {cfg.data.split!r} has {len(dataset)} training clips, fewer than one batch of {cfg.data.batch_size}")
-    loader = ClipLoader(
-        dataset, plan.micro_batch, shuffle=True, drop_last=True, seed=cfg.runtime.seed, device=device, rank=rank,
-        world_size=world_size,
-    )
-    # Full global batches only, the same count whatever the process count: global step s uses
-    # perm[s*B:(s+1)*B] in every layout (the loader's padding for uneven shards is never reached).
-    data_steps = len(dataset) // plan.global_batch  # optimizer steps in one pass over the data
-    # An "epoch" is one pass, unless the method fixes its length in iterations (SLiM: 1,250, spec
-    # slim.md 5.1); then the data passes cycle underneath the epochs.
-    steps_per_epoch = getattr(cfg.method, "iterations_per_epoch", None) or data_steps
-    fingerprint = data_fingerprint(data_path, info, cfg.data.split, len(dataset))
-    if ckpt is not None and not force:
-        old_fp = (ckpt.get("data") or {}).get("fingerprint")
-        if old_fp is not None and old_fp != fingerprint:
-            raise SkelError(f"{data_path} changed since the run started (fingerprint {old_fp} -> {fingerprint}); use --force to resume anyway")
-
-    # ------------------------------------------------------------ model, optimizer, schedule
-    if cfg.runtime.deterministic:
-        torch.use_deterministic_algorithms(True)
-    seed_everything(cfg.runtime.seed)  # same init on every rank
-    method_cls = get_method(method_name)
-    method = method_cls(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
-    method.data_settings = cfg.data
-    if hasattr(method, "run_epochs"):  # methods that turn step/total_steps into epochs (SLiM temperatures)
-        method.run_epochs = cfg.optim.epochs
-    optimizer = torch.optim.AdamW(method.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    schedule = LRSchedule(
-        optimizer, lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.optim.epochs,
-        steps_per_epoch=steps_per_epoch, weight_decay=cfg.optim.weight_decay, weight_decay_end=cfg.optim.weight_decay_end,
-    )
-    seed_everything(cfg.runtime.seed + rank)  # per-process streams for methods that draw from the global RNG
-    start_epoch, step, skip_steps = 0, 0, 0
-    if ckpt is not None:
-        method.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt.get("scheduler", {}))
-        _restore_rng(ckpt, ctx, cfg.runtime.seed)
-        start_epoch, step, skip_steps = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt.get("batch_in_epoch", 0))
-    ddp = None
-    model_fn: Any = method
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # The whole method is wrapped: frozen teachers / target networks (requires_grad=False) are
-        # not reduced, and after_step() updates them on the unwrapped module identically on every
-        # rank. Methods with parameters that a step may not use set ``ddp_find_unused_parameters``.
-        ddp = DistributedDataParallel(
-            method,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
-        )
-        model_fn = ddp
-    if cfg.runtime.compile:
-        model_fn = torch.compile(model_fn)
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    data_meta = {"dataset": info.dataset, "num_classes": int(info.num_classes), "split": cfg.data.split, "fingerprint": fingerprint}
-    setup = {"kind": "setup", "world_size": world_size, "global_batch": plan.global_batch, "per_process_batch": plan.per_process,
-             "micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "lr": cfg.optim.lr,
-             "steps_per_epoch": steps_per_epoch, "backend": ctx.backend, "device": str(device)}
-
-    def payload(epochs_done: int, batch_in_epoch: int, rng_ranks: list[Any]) -> dict[str, Any]:
-        enc = method.downstream_encoder()
-        return {
-            "method": method_name,
-            "settings": resolved,
-            "encoder_config": enc.config.model_dump(mode="json"),
-            "encoder": enc.state_dict(),
-            "pretraining_only": list(method.pretraining_only),
-            "data": data_meta,
-            "epoch": epochs_done,
-            "step": step,
-            "batch_in_epoch": batch_in_epoch,
-            "model": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "rng": rng_ranks[0],
-            "rng_ranks": rng_ranks,
-            "world_size": world_size,
-        }
-
-    def save(path: Path, epochs_done: int, batch_in_epoch: int) -> Path:
-        """Rank 0 writes (atomically); every rank contributes its RNG state and waits for the write."""
-        rng_ranks = all_gather_objects(rng_state(), ctx)
-        if is_main:
-            save_checkpoint(path, payload(epochs_done, batch_in_epoch, rng_ranks))
+    run = RunDir(out_dir)
+    resume_path, ckpt, notes = _open_folder(run, resolved, cfg.method.name, resume, force, ctx)
+    try:
+        if ckpt is not None and int(ckpt["epoch"]) >= cfg.optim.epochs and int(ckpt.get("batch_in_epoch", 0)) == 0:
+            return TrainResult(run_dir=run.path, method=cfg.method.name, epochs=int(ckpt["epoch"]), steps=int(ckpt["step"]),
+                               final_loss=float("nan"), seconds=0.0, samples_per_s=0.0, data_wait_share=0.0, checkpoint=resume_path,
+                               resumed_from=resume_path, skipped_checkpoints=notes, world_size=ctx.world_size,
+                               global_batch=plan.global_batch, per_process_batch=plan.per_process,
+                               accumulation=plan.accumulation, complete=True)
+        barrier(ctx)  # every rank has checked the folder before rank 0 changes it
+        if ctx.is_main:
+            if ckpt is None:
+                moved = run.move_aside()
+                if moved is not None:
+                    run.notes.append(f"old files moved to {moved}")
+            run.write_settings(resolved)
+            run.open_log(resume_step=None if ckpt is None else int(ckpt["step"]))
         barrier(ctx)
+        loop = _PretrainLoop(cfg, run, ctx, info, data_path, plan, resolved, console=console, callbacks=callbacks)
+        result = loop.run(ckpt, resume_path, force, progress)
+        result.skipped_checkpoints = notes
+        result.notes = list(run.notes)
+        return result
+    finally:
+        run.release()
+
+
+class _PretrainLoop:
+    """The model, optimizer, schedule and data of one run, and the loop that only steps, logs and saves."""
+
+    def __init__(self, cfg: PretrainSettings, run: RunDir, ctx: Any, info: Any, data_path: Path, plan: Any,
+                 resolved: dict[str, Any], *, console: Any, callbacks: list[Any] | None) -> None:
+        from skelcli.data.loader import ClipDataset, ClipLoader
+        from skelcli.methods.base import DatasetInfo, get_method
+
+        self.cfg, self.run_dir, self.ctx, self.plan, self.resolved = cfg, run, ctx, plan, resolved
+        self.console, self.callbacks = console, callbacks
+        self.device = device = ctx.device
+        self.dataset = ClipDataset.from_store(
+            data_path, cfg.data.split, "train", limit=cfg.data.limit, memory_budget_gb=cfg.data.memory_budget_gb
+        )
+        if len(self.dataset) < plan.global_batch:
+            raise SkelError(f"split {cfg.data.split!r} has {len(self.dataset)} training clips, fewer than one batch of {cfg.data.batch_size}")
+        self.loader = ClipLoader(
+            self.dataset, plan.micro_batch, shuffle=True, drop_last=True, seed=cfg.runtime.seed, device=device, rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        # Full global batches only, the same count whatever the process count: global step s uses
+        # perm[s*B:(s+1)*B] in every layout (the loader's padding for uneven shards is never reached).
+        self.data_steps = len(self.dataset) // plan.global_batch  # optimizer steps in one pass over the data
+        # An "epoch" is one pass, unless the method fixes its length in iterations (SLiM: 1,250, spec
+        # slim.md 5.1); then the data passes cycle underneath the epochs.
+        self.steps_per_epoch = getattr(cfg.method, "iterations_per_epoch", None) or self.data_steps
+        self.fingerprint = data_fingerprint(data_path, info, cfg.data.split, len(self.dataset))
+        self.data_meta = {"dataset": info.dataset, "num_classes": int(info.num_classes), "split": cfg.data.split,
+                          "fingerprint": self.fingerprint}
+
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(cfg.runtime.seed)  # same init on every rank
+        self.method = get_method(cfg.method.name)(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
+        self.method.data_settings = cfg.data
+        if hasattr(self.method, "run_epochs"):  # methods that turn step/total_steps into epochs (SLiM temperatures)
+            self.method.run_epochs = cfg.optim.epochs
+        self.optimizer = torch.optim.AdamW(self.method.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.schedule = LRSchedule(
+            self.optimizer, lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs,
+            epochs=cfg.optim.epochs, steps_per_epoch=self.steps_per_epoch, weight_decay=cfg.optim.weight_decay,
+            weight_decay_end=cfg.optim.weight_decay_end,
+        )
+        seed_everything(cfg.runtime.seed + ctx.rank)  # per-process streams for methods that draw from the global RNG
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.step = 0
+        self.ddp = None
+        self.model_fn: Any = self.method
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # The whole method is wrapped: frozen teachers / target networks (requires_grad=False) are
+            # not reduced, and after_step() updates them on the unwrapped module identically on every
+            # rank. Methods with parameters that a step may not use set ``ddp_find_unused_parameters``.
+            self.ddp = DistributedDataParallel(
+                self.method,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(self.method, "ddp_find_unused_parameters", False)),
+            )
+            self.model_fn = self.ddp
+        if cfg.runtime.compile:
+            self.model_fn = torch.compile(self.model_fn)
+
+    # ------------------------------------------------------------ checkpoints
+    def restore(self, ckpt: dict[str, Any], force: bool) -> tuple[int, int]:
+        """Load a checkpoint's training state; returns (start epoch, batches already done in it)."""
+        old_fp = (ckpt.get("data") or {}).get("fingerprint")
+        if not force and old_fp is not None and old_fp != self.fingerprint:
+            raise SkelError(f"{self.cfg.data.path} changed since the run started (fingerprint {old_fp} -> {self.fingerprint}); "
+                            "use --force to resume anyway")
+        self.method.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt.get("scheduler", {}))
+        _restore_rng(ckpt, self.ctx, self.cfg.runtime.seed)
+        self.step = int(ckpt["step"])
+        return int(ckpt["epoch"]), int(ckpt.get("batch_in_epoch", 0))
+
+    def save(self, path: Path, epochs_done: int, batch_in_epoch: int) -> Path:
+        """Rank 0 writes (atomically); every rank contributes its RNG state and waits for the write."""
+        from skelcli.engine.dist import all_gather_objects, barrier
+
+        rng_ranks = all_gather_objects(rng_state(), self.ctx)
+        if self.ctx.is_main:
+            enc = self.method.downstream_encoder()
+            save_checkpoint(path, {
+                "method": self.cfg.method.name, "settings": self.resolved,
+                "encoder_config": enc.config.model_dump(mode="json"), "encoder": enc.state_dict(),
+                "pretraining_only": list(self.method.pretraining_only), "data": self.data_meta,
+                "epoch": epochs_done, "step": self.step, "batch_in_epoch": batch_in_epoch,
+                "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
+                "world_size": self.ctx.world_size,
+            })
+        barrier(self.ctx)
         return path
 
-    # ------------------------------------------------------------ logging
-    metrics_fh = open(out_dir / "metrics.jsonl", "a") if is_main else None
+    # ------------------------------------------------------------ one optimizer step
+    def train_step(self, batches, epoch: int) -> tuple[float, dict[str, float], float, float]:
+        """One optimizer step over ``accumulation`` micro-batches: (global mean loss, loss terms, lr, data wait s)."""
+        from skelcli.engine.dist import all_reduce_mean
+        from skelcli.engine.rng import SampleDraws, rank_positions
 
-    def log(record: dict[str, Any]) -> None:
-        if metrics_fh is not None:
-            metrics_fh.write(json.dumps(record) + "\n")
-            metrics_fh.flush()
+        cfg, plan, ctx = self.cfg, self.plan, self.ctx
+        lr = self.schedule.apply(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        wait, local_loss = 0.0, 0.0
+        terms: dict[str, float] = {}
+        accum = plan.accumulation
+        for k in range(accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t0
+            self.method.sample_draws = SampleDraws(
+                cfg.runtime.seed, epoch, self.step, plan.global_batch,
+                rank_positions(k, plan.micro_batch, ctx.world_size, ctx.rank), self.device,
+            )
+            sync = self.ddp.no_sync() if (self.ddp is not None and k < accum - 1) else nullcontext()
+            with sync:
+                with autocast_context(self.device, cfg.runtime.precision):
+                    out = self.model_fn(batch)
+                loss = out["loss"]
+                (loss / accum).backward()
+            self.method.sample_draws = None
+            local_loss += float(loss.detach()) / accum
+            for key, v in out.items():
+                if torch.is_tensor(v) and v.ndim == 0:
+                    terms[key] = terms.get(key, 0.0) + float(v.detach()) / accum
+        # the mean loss over the global batch: the same number (and NaN check) on every rank
+        loss_value = float(all_reduce_mean(torch.tensor([local_loss], dtype=torch.float64, device=self.device), ctx).item())
+        if not math.isfinite(loss_value):
+            where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "; no checkpoint was written yet"
+            self.run_dir.log({"kind": "error", "epoch": epoch, "step": self.step, "loss": loss_value, "error": "non-finite loss"})
+            raise SkelError(f"non-finite loss ({loss_value}) at step {self.step} (epoch {epoch}); training stopped{where}")
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.method.after_step(self.step, self.total_steps)
+        self.step += 1
+        terms["loss"] = loss_value
+        return loss_value, terms, lr, wait
 
-    log(setup)
-    if is_main and console is not None:
-        console.print(
-            f"[bold]effective[/]: world size {world_size} ({ctx.backend or 'single process'}, {device}), {plan.describe()}, "
-            f"lr {cfg.optim.lr:g} (not scaled by the process count), {steps_per_epoch} steps/epoch",
-            highlight=False,
-        )
-    bar = None
-    if is_main and progress:
-        from skelcli.progress import step_progress
+    # ------------------------------------------------------------ the epochs
+    def run(self, ckpt: dict[str, Any] | None, resume_path: Path | None, force: bool, progress: bool | str) -> TrainResult:
+        from skelcli.engine.dist import any_rank
+        from skelcli.progress import Projector
 
-        bar = step_progress(f"pretrain {method_name}", total_steps, completed=step, console=console,
-                            fields=("loss", "lr", "rate"), lines=None if progress is True else progress == "lines")
+        cfg, plan, ctx, log = self.cfg, self.plan, self.ctx, self.run_dir.log
+        start_epoch, skip_steps = self.restore(ckpt, force) if ckpt is not None else (0, 0)
+        if ckpt is not None:
+            log({"kind": "resume", "from": str(resume_path), "epoch": start_epoch, "step": self.step})
+        log({"kind": "setup", "world_size": ctx.world_size, "global_batch": plan.global_batch, "per_process_batch": plan.per_process,
+             "micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "lr": cfg.optim.lr,
+             "steps_per_epoch": self.steps_per_epoch, "backend": ctx.backend, "device": str(self.device)})
+        console = self.console if ctx.is_main else None
+        if console is not None:
+            console.print(
+                f"[bold]effective[/]: world size {ctx.world_size} ({ctx.backend or 'single process'}, {self.device}), "
+                f"{plan.describe()}, lr {cfg.optim.lr:g} (not scaled by the process count), {self.steps_per_epoch} steps/epoch",
+                highlight=False,
+            )
+        bar = None
+        if ctx.is_main and progress:
+            from skelcli.progress import step_progress
 
-    last_ckpt: Path | None = resume_path
-    final_loss = float("nan")
-    samples_seen = 0
-    wait_total = 0.0
-    t_start = time.perf_counter()
-    interrupted: str | None = None
-    epochs_done = start_epoch
-    accum = plan.accumulation
-    batches = _micro_batches(loader, step, data_steps, accum)  # resume replays the same data order
-    try:
-        with _StopSignal() as stop:
-            for epoch in range(start_epoch, cfg.optim.epochs):
-                method.train()
-                method.on_epoch_start(epoch)
-                epoch_loss, epoch_steps, epoch_wait, epoch_t0 = 0.0, 0, 0.0, time.perf_counter()
-                window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
-                batch_in_epoch = skip_steps
-                stop_agreed = False
-                while batch_in_epoch < steps_per_epoch:
-                    lr = schedule.apply(step)
-                    optimizer.zero_grad(set_to_none=True)
-                    wait = 0.0
-                    local_loss = 0.0
-                    terms: dict[str, float] = {}
-                    for k in range(accum):
-                        t0 = time.perf_counter()
-                        batch = next(batches)
-                        wait += time.perf_counter() - t0
-                        method.sample_draws = SampleDraws(
-                            cfg.runtime.seed, epoch, step, plan.global_batch,
-                            rank_positions(k, plan.micro_batch, world_size, rank), device,
-                        )
-                        sync = ddp.no_sync() if (ddp is not None and k < accum - 1) else nullcontext()
-                        with sync:
-                            with autocast_context(device, cfg.runtime.precision):
-                                out = model_fn(batch)
-                            loss = out["loss"]
-                            (loss / accum).backward()
-                        method.sample_draws = None
-                        local_loss += float(loss.detach()) / accum
-                        for key, v in out.items():
-                            if torch.is_tensor(v) and v.ndim == 0:
-                                terms[key] = terms.get(key, 0.0) + float(v.detach()) / accum
-                    # the mean loss over the global batch: the same number (and NaN check) on every rank
-                    loss_value = float(all_reduce_mean(torch.tensor([local_loss], dtype=torch.float64, device=device), ctx).item())
-                    if not math.isfinite(loss_value):
-                        where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written yet"
-                        log({"kind": "error", "epoch": epoch, "step": step, "loss": loss_value, "error": "non-finite loss"})
-                        raise SkelError(f"non-finite loss ({loss_value}) at step {step} (epoch {epoch}); training stopped{where}")
-                    if cfg.optim.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
-                    optimizer.step()
-                    method.after_step(step, total_steps)
-                    step += 1
-                    batch_in_epoch += 1
-                    n = plan.global_batch
-                    samples_seen += n
-                    window_samples += n
-                    wait_total += wait
-                    window_wait += wait
-                    epoch_wait += wait
-                    epoch_loss += loss_value
-                    epoch_steps += 1
-                    final_loss = loss_value
-                    if step % cfg.runtime.log_every == 0 or batch_in_epoch == steps_per_epoch:
-                        dt = max(time.perf_counter() - window_t0, 1e-9)
-                        rate = window_samples / dt
-                        terms["loss"] = loss_value
-                        log({"kind": "step", "epoch": epoch, "step": step, **terms, "lr": lr, "samples_per_s": rate,
-                             "data_wait_share": window_wait / dt, **method.log_metrics()})
+            bar = step_progress(f"pretrain {cfg.method.name}", self.total_steps, completed=self.step, console=console,
+                                fields=("loss", "lr", "rate"), lines=None if progress is True else progress == "lines")
+        self.last_ckpt = resume_path
+        projector = Projector(self.device, self.total_steps, self.step)
+        final_loss = float("nan")
+        samples_seen, wait_total = 0, 0.0
+        t_start = time.perf_counter()
+        interrupted: str | None = None
+        epochs_done = start_epoch
+        steps_per_epoch = self.steps_per_epoch
+        batches = _micro_batches(self.loader, self.step, self.data_steps, plan.accumulation)  # resume replays the data order
+        try:
+            with StopSignal() as stop:
+                for epoch in range(start_epoch, cfg.optim.epochs):
+                    self.method.train()
+                    self.method.on_epoch_start(epoch)
+                    epoch_loss, epoch_steps, epoch_wait, epoch_t0 = 0.0, 0, 0.0, time.perf_counter()
+                    window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
+                    batch_in_epoch = skip_steps
+                    stop_agreed = False
+                    while batch_in_epoch < steps_per_epoch:
+                        loss_value, terms, lr, wait = self.train_step(batches, epoch)
+                        batch_in_epoch += 1
+                        samples_seen += plan.global_batch
+                        window_samples += plan.global_batch
+                        wait_total += wait
+                        window_wait += wait
+                        epoch_wait += wait
+                        epoch_loss += loss_value
+                        epoch_steps += 1
+                        final_loss = loss_value
+                        if self.step % cfg.runtime.log_every == 0 or batch_in_epoch == steps_per_epoch:
+                            dt = max(time.perf_counter() - window_t0, 1e-9)
+                            rate = window_samples / dt
+                            log({"kind": "step", "epoch": epoch, "step": self.step, **terms, "lr": lr, "samples_per_s": rate,
+                                 "data_wait_share": window_wait / dt, **self.method.log_metrics()})
+                            if bar is not None:
+                                bar.update(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f} samples/s")
+                            window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
                         if bar is not None:
-                            bar.update(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f} samples/s")
-                        window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
-                    if bar is not None:
-                        bar.update(completed=step)
-                    _call(callbacks, "on_step_end", {"method": method, "epoch": epoch, "step": step, "loss": loss_value})
-                    # all ranks agree on stopping at the same step boundary (a signal may reach them at different times)
-                    stop_agreed = any_rank(stop.received is not None, ctx)
-                    if stop_agreed and batch_in_epoch < steps_per_epoch:
-                        interrupted = stop.received or "SIGTERM"
+                            bar.update(completed=self.step)
+                        line = projector.after(self.step)
+                        if line and console is not None:
+                            console.print(line, highlight=False, markup=False)
+                        _call(self.callbacks, "on_step_end", {"method": self.method, "epoch": epoch, "step": self.step, "loss": loss_value})
+                        # all ranks agree on stopping at the same step boundary (a signal may reach them at different times)
+                        stop_agreed = any_rank(stop.received is not None, ctx)
+                        if stop_agreed and batch_in_epoch < steps_per_epoch:
+                            interrupted = stop.received or "SIGTERM"
+                            break
+                    skip_steps = 0
+                    if interrupted is not None:
+                        self.last_ckpt = self.save(self.run_dir.path / "last.pt", epoch, batch_in_epoch)
+                        log({"kind": "interrupted", "epoch": epoch, "step": self.step, "signal": interrupted})
                         break
-                skip_steps = 0
-                if interrupted is not None:
-                    last_ckpt = save(out_dir / "last.pt", epoch, batch_in_epoch)
-                    log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
-                    break
-                epochs_done = epoch + 1
-                epoch_time = time.perf_counter() - epoch_t0
-                last_ckpt = save(out_dir / "last.pt", epochs_done, 0)
-                if epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs:
-                    save(out_dir / f"checkpoint-{epochs_done:04d}.pt", epochs_done, 0)
-                log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss / max(epoch_steps, 1),
-                     "seconds": epoch_time, "samples_per_s": epoch_steps * cfg.data.batch_size / max(epoch_time, 1e-9),
-                     "data_wait_share": epoch_wait / max(epoch_time, 1e-9)})
-                _call(callbacks, "on_epoch_end", {"method": method, "epoch": epoch, "step": step, "loss": final_loss})
-                if stop_agreed or any_rank(stop.received is not None, ctx):
-                    interrupted = stop.received or "SIGTERM"
-                    log({"kind": "interrupted", "epoch": epoch, "step": step, "signal": interrupted})
-                    break
-    finally:
-        batches.close()  # stops the loader's prefetch thread
-        method.sample_draws = None
-        if bar is not None:
-            bar.close()
-        if metrics_fh is not None:
-            metrics_fh.close()
-        close = getattr(loader, "close", None)
-        if callable(close):
-            close()
+                    epochs_done = epoch + 1
+                    epoch_time = time.perf_counter() - epoch_t0
+                    self.last_ckpt = self.save(self.run_dir.path / "last.pt", epochs_done, 0)
+                    if epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs:
+                        self.save(self.run_dir.path / f"checkpoint-{epochs_done:04d}.pt", epochs_done, 0)
+                    log({"kind": "epoch", "epoch": epoch, "step": self.step, "loss": epoch_loss / max(epoch_steps, 1),
+                         "seconds": epoch_time, "samples_per_s": epoch_steps * cfg.data.batch_size / max(epoch_time, 1e-9),
+                         "data_wait_share": epoch_wait / max(epoch_time, 1e-9)})
+                    _call(self.callbacks, "on_epoch_end", {"method": self.method, "epoch": epoch, "step": self.step, "loss": final_loss})
+                    if stop_agreed or any_rank(stop.received is not None, ctx):
+                        interrupted = stop.received or "SIGTERM"
+                        log({"kind": "interrupted", "epoch": epoch, "step": self.step, "signal": interrupted})
+                        break
+        finally:
+            batches.close()  # stops the loader's prefetch thread
+            self.method.sample_draws = None
+            if bar is not None:
+                bar.close()
+            close = getattr(self.loader, "close", None)
+            if callable(close):
+                close()
 
-    seconds = time.perf_counter() - t_start
-    return TrainResult(
-        run_dir=out_dir,
-        method=method_name,
-        epochs=epochs_done,
-        steps=step,
-        final_loss=final_loss,
-        seconds=seconds,
-        samples_per_s=samples_seen / max(seconds, 1e-9),
-        data_wait_share=wait_total / max(seconds, 1e-9),
-        checkpoint=last_ckpt,
-        interrupted=interrupted,
-        resumed_from=resume_path,
-        skipped_checkpoints=notes,
-        world_size=world_size,
-        global_batch=plan.global_batch,
-        per_process_batch=plan.per_process,
-        accumulation=plan.accumulation,
-    )
+        seconds = time.perf_counter() - t_start
+        return TrainResult(
+            run_dir=self.run_dir.path, method=cfg.method.name, epochs=epochs_done, steps=self.step, final_loss=final_loss,
+            seconds=seconds, samples_per_s=samples_seen / max(seconds, 1e-9), data_wait_share=wait_total / max(seconds, 1e-9),
+            checkpoint=self.last_ckpt, interrupted=interrupted, resumed_from=resume_path, world_size=ctx.world_size,
+            global_batch=plan.global_batch, per_process_batch=plan.per_process, accumulation=plan.accumulation,
+        )
 
 
-__all__ = ["TrainResult", "pretrain", "find_resume_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["TrainResult", "pretrain", "find_resume_checkpoint", "move_aside", "data_fingerprint"]

@@ -22,11 +22,12 @@ keyed by a hash of the encoder weights + the data file fingerprint + split + tra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, get_args
 
 import numpy as np
 import torch
@@ -35,6 +36,18 @@ from skelcli.engine.dist import resolve_device  # noqa: F401 (probe/finetune imp
 from skelcli.errors import SkelError
 
 PersonPool = Literal["mean", "mean_valid", "concat"]
+PERSON_POOLS: tuple[str, ...] = get_args(PersonPool)
+
+
+def check_person_pool(pool: str | None) -> None:
+    """SkelError listing the choices unless ``pool`` is None (the method's default) or a PersonPool."""
+    if pool is not None and pool not in PERSON_POOLS:
+        raise SkelError(f"unknown --person-pool {pool!r}; choose one of: {', '.join(PERSON_POOLS)}")
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise SkelError(f"--batch-size must be >= 1, got {batch_size}")
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -60,7 +73,7 @@ class SplitData:
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu"):
         """Clips ``idx`` as a :class:`~skelcli.methods.base.ClipBatch`: joints (N, M, T_max, V, C)
         zero-padded to the longest clip of the batch, valid (N,), label (N,)."""
-        from skelcli.methods.base import ClipBatch
+        from skelcli.data.clips import ClipBatch
 
         idx = np.asarray(idx, dtype=np.int64)
         lengths = self.lengths[idx]
@@ -282,10 +295,14 @@ def extract_features(
     from skelcli.engine.dist import is_main_process
 
     if cache_path is not None and is_main_process():  # one writer under torchrun; every rank holds the same result
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
-        np.savez(tmp, feats=feats, labels=labels)
-        tmp.replace(cache_path)
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, feats=feats, labels=labels)
+            tmp.replace(cache_path)
+        except OSError:  # the cache is only a speed-up: a read-only or full checkpoint folder skips it
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return feats, labels
 
 
@@ -307,8 +324,8 @@ def prepare_encoder(
     Checks that the data file has ``protocol`` and that a fine-tuned checkpoint's head matches the
     file's class count. Returns (encoder in eval mode, info, data StoreInfo).
     """
-    from skelcli.engine.checkpoint import EncoderInfo, load_encoder
-    from skelcli.eval.finetune import check_head_classes, small_encoder_config
+    from skelcli.engine.checkpoint import EncoderInfo, check_head_classes, load_encoder
+    from skelcli.methods.mae import small_encoder_config
     from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 
     dinfo = data_info(data_path)

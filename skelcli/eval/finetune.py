@@ -20,6 +20,7 @@ validation split; per-class accuracy and the confusion matrix of the last epoch.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -75,15 +76,6 @@ class FinetuneSettings(StrictModel):
             return {"epochs": 10, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 1, "head_hidden": 256, "drop_path": 0.1,
                     "min_crop_frames": 16, "layer_decay": 1.0}
         raise SkelError(f"unknown preset {name!r}; available: paper, small")
-
-
-def small_encoder_config():
-    """The encoder of the pretraining ``small`` preset (used by --from-scratch without a checkpoint)."""
-    from skelcli.models.encoder import EncoderConfig
-
-    from skelcli.methods.mae import SMALL_ENCODER
-
-    return EncoderConfig(**SMALL_ENCODER)
 
 
 # ------------------------------------------------------------------------------------ subsets
@@ -167,6 +159,11 @@ def finetune_once(
     seed: int,
     val=None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    run: Any = None,
+    resume: dict[str, Any] | None = None,
+    stop: Any = None,
+    run_settings: dict[str, Any] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one encoder + head. ``train``/``test``/``val`` are SplitData; ``encoder_state`` None =
     random init. Returns history, last/best metrics and the trained model (key "model").
@@ -174,16 +171,24 @@ def finetune_once(
     Under torchrun the model is wrapped in DDP and every global batch (``settings.batch_size``
     clips, the same order on every rank) is split across the processes, so the effective batch and
     the learning rate do not depend on the process count; every rank evaluates the same synced model.
+
+    With ``run`` (a :class:`~skelcli.engine.rundir.RunDir`) the complete training state is saved to
+    ``run/last.pt`` after every epoch, and at the next step when ``stop`` (a StopSignal) has received
+    SIGINT/SIGTERM; the result then has ``interrupted`` set and no metrics. ``resume`` (such a
+    checkpoint) continues exactly: model, optimizer, schedule, the epoch's clip order and position,
+    every generator (augmentation, dropout, order) and the history, so the final weights equal an
+    uninterrupted run's. ``run_settings`` is stored in the checkpoint to refuse a resume with others.
+    ``notify`` receives the projected run time on a CPU once the first steps are timed.
     """
     from skelcli.data.clips import train_view
+    from skelcli.engine.dist import all_gather_objects, any_rank, barrier, context_of_group, init_distributed, quiet_non_main
     from skelcli.engine.schedule import LRSchedule
     from skelcli.eval.features import iter_batches, resolve_device
     from skelcli.eval.heads import FinetuneModel, finetune_param_groups, head_config_for
     from skelcli.eval.report import classification_metrics
     from skelcli.models.encoder import SkeletonEncoder
+    from skelcli.progress import Projector
     from skelcli.settings import DataSettings
-
-    from skelcli.engine.dist import context_of_group, init_distributed, quiet_non_main
 
     s = settings
     dev = resolve_device(s.device)
@@ -215,17 +220,57 @@ def finetune_once(
     gen = torch.Generator().manual_seed(seed)
     order_rng = np.random.default_rng(seed)
     frames = cfg.num_frames
-    history: list[dict[str, Any]] = []
-    best_logits, best_top1, best_epoch = None, -1.0, -1
-    sel_val, sel_epoch, sel_test = -1.0, -1, None
-    step = 0
-    t0 = time.perf_counter()
-    for epoch in range(s.epochs):
+    st: dict[str, Any] = {"history": [], "best_logits": None, "best_top1": -1.0, "best_epoch": -1, "sel_val": -1.0,
+                          "sel_epoch": -1, "sel_test": None, "last_logits": None, "epoch": 0, "batch_in_epoch": 0,
+                          "perm": None, "losses": [], "step": 0, "seconds": 0.0}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume.get("scheduler", {}))
+        ranks = resume["rng_ranks"]
+        mine = ranks[ctx.rank] if len(ranks) == ctx.world_size else ranks[0]
+        gen.set_state(mine["gen"])
+        torch.set_rng_state(mine["torch"])
+        if mine.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(mine["cuda"])
+        order_rng.bit_generator.state = resume["order_rng"]
+        st.update(resume["loop"])
+    history = st["history"]
+    step = st["step"]
+    t0 = time.perf_counter() - st["seconds"]
+    projector = Projector(dev, s.epochs * steps_per_epoch, step)
+
+    def save(epochs_done: int, batch_in_epoch: int, perm: np.ndarray | None, losses: list[float]) -> None:
+        if run is None:
+            return
+        rng_ranks = all_gather_objects({"gen": gen.get_state(), "torch": torch.get_rng_state(),
+                                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, ctx)
+        if ctx.is_main:
+            from skelcli.engine.checkpoint import save_checkpoint
+
+            loop = {**st, "epoch": epochs_done, "batch_in_epoch": batch_in_epoch, "losses": list(losses), "step": step,
+                    "perm": None if perm is None else torch.from_numpy(np.asarray(perm, dtype=np.int64)),
+                    "seconds": time.perf_counter() - t0}
+            save_checkpoint(run.path / "last.pt", {
+                "method": "finetune", "settings": run_settings or {}, "seed": seed, "epoch": epochs_done, "step": step,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "order_rng": order_rng.bit_generator.state, "rng_ranks": rng_ranks, "loop": loop,
+            })
+        barrier(ctx)
+
+    def stopping() -> bool:
+        return stop is not None and any_rank(stop.received is not None, ctx)
+
+    for epoch in range(st["epoch"], s.epochs):
         model.train()
-        perm = order_rng.permutation(n)
-        losses = []
-        for idx in list(iter_batches(n, batch_size))[:steps_per_epoch]:
-            rows = perm[idx]
+        if st["perm"] is None:
+            perm = order_rng.permutation(n)
+        else:  # resumed mid-epoch: the order drawn at the epoch's start
+            perm = np.asarray(st["perm"], dtype=np.int64)
+        losses = list(st["losses"])
+        batches = list(iter_batches(n, batch_size))[:steps_per_epoch]
+        for b in range(st["batch_in_epoch"], steps_per_epoch):
+            rows = perm[batches[b]]
             if ctx.distributed:  # this rank's share of the global batch
                 rows = np.array_split(rows, ctx.world_size)[ctx.rank]
             batch = train.batch(rows, dev)
@@ -241,34 +286,56 @@ def finetune_once(
             opt.step()
             losses.append(loss.item())
             step += 1
+            line = projector.after(step)
+            if line and notify is not None and ctx.is_main:
+                notify(line)
+            if b + 1 < steps_per_epoch and stopping():
+                save(epoch, b + 1, perm, losses)
+                return {"interrupted": stop.received or "SIGTERM", "epoch": epoch, "steps": step}
+        st.update(batch_in_epoch=0, perm=None, losses=[])
         logits = evaluate_logits(model, test, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop)
         top1 = float((logits.argmax(1) == test.labels).mean())
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "test_top1": top1}
-        if top1 > best_top1:
-            best_logits, best_top1, best_epoch = logits, top1, epoch + 1
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
+        st["last_logits"] = torch.from_numpy(logits)
+        if top1 > st["best_top1"]:
+            st.update(best_logits=st["last_logits"], best_top1=top1, best_epoch=epoch + 1)
         if val is not None and len(val):
             vl = evaluate_logits(model, val, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop)
             row["val_top1"] = float((vl.argmax(1) == val.labels).mean())
-            if row["val_top1"] > sel_val:
-                sel_val, sel_epoch, sel_test = row["val_top1"], epoch + 1, top1
+            if row["val_top1"] > st["sel_val"]:
+                st.update(sel_val=row["val_top1"], sel_epoch=epoch + 1, sel_test=top1)
         history.append(row)
+        if run is not None and ctx.is_main:
+            run.log({"kind": "epoch", **row})
+        save(epoch + 1, 0, None, [])
         if on_epoch is not None:
             on_epoch(epoch, row)
-    last = classification_metrics(logits, test.labels, num_classes)
-    best = classification_metrics(best_logits, test.labels, num_classes)
+        if epoch + 1 < s.epochs and stopping():
+            return {"interrupted": stop.received or "SIGTERM", "epoch": epoch + 1, "steps": step}
+    last = classification_metrics(st["last_logits"].numpy(), test.labels, num_classes)
+    best = classification_metrics(st["best_logits"].numpy(), test.labels, num_classes)
     out: dict[str, Any] = {
         "seed": seed, "n_train": n, "n_test": len(test), "epochs": s.epochs, "steps": step,
-        "last_top1": last["top1"], "last_top5": last["top5"], "best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best_epoch,
-        "per_class": last["per_class"], "mean_class": last["mean_class"], "confusion": last["confusion"],
-        "history": history, "seconds": time.perf_counter() - t0, "model": model.cpu(),
+        "last_top1": last["top1"], "last_top5": last["top5"], "best_top1": best["top1"], "best_top5": best["top5"],
+        "best_epoch": st["best_epoch"], "per_class": last["per_class"], "mean_class": last["mean_class"],
+        "confusion": last["confusion"], "history": history, "seconds": time.perf_counter() - t0, "model": model.cpu(),
     }
     if val is not None and len(val):
-        out.update({"n_val": len(val), "val_best_top1": sel_val, "val_best_epoch": sel_epoch, "test_top1_at_val_best": sel_test})
+        out.update({"n_val": len(val), "val_best_top1": st["sel_val"], "val_best_epoch": st["sel_epoch"],
+                    "test_top1_at_val_best": st["sel_test"]})
     return out
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(statistics.fmean(values)), "std": float(statistics.stdev(values)) if len(values) > 1 else 0.0}
+
+
+#: Settings that may change between a fine-tuning run and its resume.
+_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size")}
+
+
+def _repeat_dirs(out_dir: Path, repeats: int) -> list[Path]:
+    return [out_dir] if repeats == 1 else [out_dir / f"repeat-{r}" for r in range(repeats)]
 
 
 def run_finetune(
@@ -281,11 +348,22 @@ def run_finetune(
     preset: str = "paper",
     on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    resume: str | None = None,
+    force: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Full ``skel finetune``: load checkpoint and data, draw subsets, run ``repeats`` seeds, write the
-    run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary."""
-    from skelcli.engine.checkpoint import load_encoder, save_checkpoint
+    run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary.
+
+    The run folder follows the pretraining rules (skelcli/engine/rundir.py): locked while in use,
+    settings.json written atomically, each repeat's ``last.pt`` saved every epoch and on SIGINT/SIGTERM
+    (the summary then holds ``interrupted`` and nothing else is written), ``metrics.jsonl`` with one row per
+    epoch. ``resume="auto"`` continues every repeat from its last.pt (finished repeats are not retrained);
+    a folder with fine-tuning checkpoints is refused without ``resume`` or ``force`` (old files move aside).
+    """
+    from skelcli.engine.checkpoint import check_head_classes, load_encoder, save_checkpoint
     from skelcli.engine.dist import is_main_process
+    from skelcli.engine.rundir import RunDir, StopSignal, open_run, settings_differences
     from skelcli.eval.features import data_info, file_fingerprint, load_split
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
     from skelcli.settings import to_jsonable
@@ -293,6 +371,8 @@ def run_finetune(
     s = settings
     if s.label_fraction is not None:
         check_fraction(s.label_fraction)
+    if resume not in (None, "auto"):
+        raise SkelError(f"--resume takes 'auto' for fine-tuning (each repeat resumes from its own last.pt), got {resume!r}")
     out_dir = Path(out_dir)
     dinfo = data_info(data_path)
     num_classes = int(dinfo.num_classes)
@@ -305,54 +385,99 @@ def run_finetune(
         encoder_config = encoder.config
         state = None if s.from_scratch else {k: v.clone() for k, v in encoder.state_dict().items()}
     elif s.from_scratch:
+        from skelcli.methods.mae import small_encoder_config
         from skelcli.models.encoder import EncoderConfig
 
         encoder_config = small_encoder_config() if preset == "small" else EncoderConfig()
         state = None
     else:
         raise SkelError("--checkpoint is required unless --from-scratch is given")
-    train_all = load_split(data_path, protocol, "train")
-    test = load_split(data_path, protocol, "test")
-    runs = []
-    warnings_out: list[str] = []
-    for r in range(s.repeats):
-        seed = s.seed + r
-        idx = np.arange(len(train_all))
-        if s.label_fraction is not None:
-            sub_seed = s.subset_seed if s.subset_seed is not None else seed
-            idx = select_subset(train_all.labels, s.label_fraction, sub_seed, balanced=s.balanced, num_classes=num_classes)
-            miss = missing_classes(train_all.labels, idx, num_classes)
-            if miss:
-                msg = (f"label fraction {s.label_fraction} (seed {sub_seed}) leaves {len(miss)} class(es) without a training clip: "
-                       f"{', '.join(map(str, miss[:20]))}{' ...' if len(miss) > 20 else ''}; use --balanced for at least one clip per class")
-                warnings_out.append(msg)
-                if warn is not None:
-                    warn(msg)
-        tr_idx, val_idx = carve_validation(idx, s.val_fraction, seed)
-        train = train_all.subset(tr_idx)
-        val = train_all.subset(val_idx) if len(val_idx) else None
-        res = finetune_once(encoder_config, state, train, test, num_classes, s, seed=seed, val=val,
-                            on_epoch=(lambda e, row, _r=r: on_epoch(_r, e, row)) if on_epoch else None)
-        run_dir = out_dir if s.repeats == 1 else out_dir / f"repeat-{r}"
-        files = save_confusion(res.pop("confusion"), run_dir, class_names=getattr(dinfo, "class_names", None))
-        model = res.pop("model")
-        ckpt_path = run_dir / "finetuned.pt"
-        if is_main_process():  # one writer under torchrun; every rank holds the same model
-            save_checkpoint(ckpt_path, {
-                "method": pretrain["method"] or "scratch",
-                "settings": {"finetune": to_jsonable(s), "preset": preset},
-                "encoder_config": to_jsonable(model.encoder.config),
-                "encoder": model.encoder.state_dict(),
-                "head": model.head.state_dict(),
-                "head_config": model.head_config,
-                "pretraining_only": [],
-                "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol, "fingerprint": file_fingerprint(data_path)},
-                "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
-                "epoch": s.epochs,
-                "step": res["steps"],
-            })
-        res.update({"repeat": r, "train_clips": int(len(tr_idx)), "confusion_files": files, "checkpoint": str(ckpt_path)})
-        runs.append(jsonable_metrics(res))
+    resolved = {"finetune": to_jsonable(s), "preset": preset, "split": protocol, "data": file_fingerprint(data_path),
+                "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint)}
+    dirs = _repeat_dirs(out_dir, s.repeats)
+
+    top = RunDir(out_dir)
+    main = is_main_process() and int(os.environ.get("RANK", "0")) == 0  # the process group may not exist yet
+    if main:
+        top.acquire()
+    try:
+        has_work = any((d / n).exists() for d in dirs for n in ("last.pt", "finetuned.pt")) or any(out_dir.glob("repeat-*/last.pt"))
+        open_run(top, resolved, resume=None, force=force, volatile=_VOLATILE, has_work=has_work and resume is None)
+        if main:
+            if resume is None:
+                moved = top.move_aside(extra=[*out_dir.glob("repeat-*"), out_dir / "finetuned.pt", out_dir / "metrics.json"])
+                if moved is not None and warn is not None:
+                    warn(f"old files moved to {moved}")
+            top.write_settings(resolved)
+        train_all = load_split(data_path, protocol, "train")
+        test = load_split(data_path, protocol, "test")
+        runs = []
+        warnings_out: list[str] = []
+        with StopSignal() as stop:
+            for r in range(s.repeats):
+                seed = s.seed + r
+                run_dir = RunDir(dirs[r])
+                state_ckpt = None
+                if resume == "auto" and run_dir.path.is_dir():
+                    _, state_ckpt, notes = run_dir.find_resume(("model", "optimizer", "loop"))
+                    for note in notes:
+                        warnings_out.append(f"repeat {r}: {note}")
+                        if warn is not None:
+                            warn(f"repeat {r}: {note}")
+                    if state_ckpt is not None and not force:
+                        diff = settings_differences(state_ckpt.get("settings", {}), resolved, _VOLATILE)
+                        if diff:
+                            raise SkelError(f"{run_dir.path / 'last.pt'}: written with different settings ({', '.join(diff[:5])}); "
+                                            "use --force to resume anyway")
+                idx = np.arange(len(train_all))
+                if s.label_fraction is not None:
+                    sub_seed = s.subset_seed if s.subset_seed is not None else seed
+                    idx = select_subset(train_all.labels, s.label_fraction, sub_seed, balanced=s.balanced, num_classes=num_classes)
+                    miss = missing_classes(train_all.labels, idx, num_classes)
+                    if miss:
+                        msg = (f"label fraction {s.label_fraction} (seed {sub_seed}) leaves {len(miss)} class(es) without a training "
+                               f"clip: {', '.join(map(str, miss[:20]))}{' ...' if len(miss) > 20 else ''}; use --balanced for at least "
+                               "one clip per class")
+                        warnings_out.append(msg)
+                        if warn is not None:
+                            warn(msg)
+                tr_idx, val_idx = carve_validation(idx, s.val_fraction, seed)
+                train = train_all.subset(tr_idx)
+                val = train_all.subset(val_idx) if len(val_idx) else None
+                if main:
+                    run_dir.path.mkdir(parents=True, exist_ok=True)
+                    run_dir.open_log(resume_step=int(state_ckpt["step"]) if state_ckpt is not None else (0 if resume else None))
+                try:
+                    res = finetune_once(encoder_config, state, train, test, num_classes, s, seed=seed, val=val,
+                                        on_epoch=(lambda e, row, _r=r: on_epoch(_r, e, row)) if on_epoch else None,
+                                        run=run_dir, resume=state_ckpt, stop=stop, run_settings=resolved, notify=notify)
+                finally:
+                    run_dir.close_log()
+                if "interrupted" in res:
+                    return {"interrupted": res["interrupted"], "repeat": r, "epoch": res["epoch"], "steps": res["steps"],
+                            "out": str(out_dir), "checkpoint": str(run_dir.path / "last.pt")}
+                files = save_confusion(res.pop("confusion"), run_dir.path, class_names=getattr(dinfo, "class_names", None))
+                model = res.pop("model")
+                ckpt_path = run_dir.path / "finetuned.pt"
+                if main:  # one writer under torchrun; every rank holds the same model
+                    save_checkpoint(ckpt_path, {
+                        "method": pretrain["method"] or "scratch",
+                        "settings": {"finetune": to_jsonable(s), "preset": preset},
+                        "encoder_config": to_jsonable(model.encoder.config),
+                        "encoder": model.encoder.state_dict(),
+                        "head": model.head.state_dict(),
+                        "head_config": model.head_config,
+                        "pretraining_only": [],
+                        "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol,
+                                 "fingerprint": file_fingerprint(data_path)},
+                        "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
+                        "epoch": s.epochs,
+                        "step": res["steps"],
+                    })
+                res.update({"repeat": r, "train_clips": int(len(tr_idx)), "confusion_files": files, "checkpoint": str(ckpt_path)})
+                runs.append(jsonable_metrics(res))
+    finally:
+        top.release()
     summary: dict[str, Any] = {
         "protocol": "finetune", "preset": preset, "from_scratch": s.from_scratch, "split": protocol,
         "finetune_data": {"path": str(data_path), "dataset": dinfo.dataset, "num_classes": num_classes},
@@ -364,12 +489,3 @@ def run_finetune(
         summary["test_top1_at_val_best"] = _mean_std([r["test_top1_at_val_best"] for r in runs])
     write_json(out_dir / "metrics.json", summary)
     return summary
-
-
-def check_head_classes(ckpt: dict[str, Any], num_classes: int, checkpoint, data_path) -> None:
-    """A fine-tuned checkpoint's head must match the data file's class count."""
-    head_cfg = ckpt.get("head_config")
-    if head_cfg and int(head_cfg.get("num_classes", num_classes)) != num_classes:
-        raise SkelError(
-            f"{checkpoint}: fine-tuned head has {head_cfg['num_classes']} classes but {data_path} has {num_classes}"
-        )

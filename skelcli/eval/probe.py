@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -182,7 +183,7 @@ def run_probe(
 ) -> dict[str, Any]:
     """``skel probe``: features of the train and test splits, then the probe; writes confusion files and
     ``metrics.json`` into ``out_dir``. Returns the JSON-ready summary."""
-    from skelcli.eval.features import default_person_pool, extract_features, load_split, prepare_encoder
+    from skelcli.eval.features import check_batch_size, check_person_pool, default_person_pool, extract_features, load_split, prepare_encoder
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
 
     if kind not in ("linear", "knn"):
@@ -191,6 +192,12 @@ def run_probe(
         raise SkelError(f"unknown head {head!r}; available: sklearn, sgd")
     if k < 1:
         raise SkelError(f"--k must be >= 1, got {k}")
+    check_batch_size(batch_size)
+    check_person_pool(person_pool)
+    if epochs < 1:
+        raise SkelError(f"--epochs must be >= 1, got {epochs}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise SkelError(f"--lr must be a finite number > 0, got {lr}")
     encoder, info, dinfo = prepare_encoder(checkpoint, data_path, protocol, random_init=random_init, preset=preset, seed=seed)
     pool = person_pool or default_person_pool(info.method)
     out_dir = Path(out_dir)
@@ -213,6 +220,7 @@ def run_probe(
         "checkpoint": str(checkpoint) if checkpoint else None, "random_init": random_init,
         "method": info.method, "pretrain_dataset": info.dataset, "epoch": info.epoch,
         "data": str(data_path), "dataset": dinfo.dataset, "split": protocol, "num_classes": num_classes,
+        "classes_present": int(len(np.unique(te_y))),
         "person_pool": pool, "feature_dim": int(tr_x.shape[1]), "n_train": int(len(tr_y)), "n_test": int(len(te_y)),
         **jsonable_metrics(result.metrics), **result.extra, "files": files,
     }

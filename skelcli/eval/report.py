@@ -75,9 +75,19 @@ def jsonable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def present_classes(cm: np.ndarray) -> np.ndarray:
+    """Indices of the classes that occur in a confusion matrix: as a true label (row sum > 0) or as a
+    prediction (column sum > 0). A file with 16 of its 60 classes gives a 16-entry plot, and no
+    prediction drops out of a row."""
+    cm = np.asarray(cm)
+    return np.nonzero((cm.sum(axis=1) > 0) | (cm.sum(axis=0) > 0))[0]
+
+
 def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class_names: list[str] | None = None) -> dict[str, str]:
-    """Write ``<stem>.npy``, ``<stem>.csv`` and ``<stem>.png`` into out_dir; returns the paths written.
-    Under torchrun only rank 0 writes (every rank gets the paths)."""
+    """Write ``<stem>.npy``, ``<stem>.csv`` (the full num_classes x num_classes matrix) and ``<stem>.png``
+    into out_dir; returns the paths written. The PNG shows only the :func:`present_classes`, labelled
+    with ``class_names`` when given, else with the class index (the file's 0-based label, the row of
+    the .csv). Under torchrun only rank 0 writes (every rank gets the paths)."""
     from skelcli.engine.dist import is_main_process
 
     out_dir = Path(out_dir)
@@ -87,14 +97,21 @@ def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(paths["npy"], cm)
     np.savetxt(paths["csv"], cm, fmt="%d", delimiter=",")
+    keep = present_classes(cm)
+    if len(keep) == 0:
+        keep = np.arange(cm.shape[0])
+    names = list(class_names) if class_names is not None and len(class_names) == cm.shape[0] else [str(c) for c in range(cm.shape[0])]
+    shown = np.asarray(cm)[np.ix_(keep, keep)]
+    labels = [names[c] for c in keep]
     try:
-        _confusion_png_matplotlib(cm, paths["png"], class_names)
+        _confusion_png_matplotlib(shown, paths["png"], labels, cm.shape[0])
     except ImportError:
-        write_heatmap_png(cm, paths["png"])
+        write_heatmap_png(shown, paths["png"])
     return {k: str(v) for k, v in paths.items()}
 
 
-def _confusion_png_matplotlib(cm: np.ndarray, path: Path, class_names: list[str] | None) -> None:
+def _confusion_png_matplotlib(cm: np.ndarray, path: Path, labels: list[str], num_classes: int) -> None:
+    """Row-normalised heat map of ``cm`` (the present classes only) with ``labels`` on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,16 +120,18 @@ def _confusion_png_matplotlib(cm: np.ndarray, path: Path, class_names: list[str]
     n = cm.shape[0]
     row = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, row, out=np.zeros(cm.shape, dtype=np.float64), where=row > 0)
-    size = min(4 + n * 0.12, 20)
+    longest = max((len(x) for x in labels), default=1)
+    size = min(4 + n * 0.18 + longest * 0.06, 24)
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if class_names and n <= 30:
-        ax.set_xticks(range(n), class_names, rotation=90, fontsize=6)
-        ax.set_yticks(range(n), class_names, fontsize=6)
+    if n <= 60:
+        fontsize = 8 if n <= 20 else 6
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(n), labels, fontsize=fontsize)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title("confusion matrix (row-normalised)")
+    ax.set_title(f"confusion matrix (row-normalised)\n{n} of {num_classes} classes occur as a label or a prediction", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

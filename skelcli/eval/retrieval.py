@@ -93,11 +93,13 @@ def run_retrieval(
     """``skel retrieve``: gallery = train split, queries = test split; writes ``metrics.json`` and the
     confusion matrix of the k-NN predictions into ``out_dir``. Returns the JSON-ready summary."""
     from skelcli.errors import SkelError
-    from skelcli.eval.features import default_person_pool, extract_features, prepare_encoder
+    from skelcli.eval.features import check_batch_size, check_person_pool, default_person_pool, extract_features, prepare_encoder
     from skelcli.eval.report import jsonable_metrics, metrics_from_predictions, save_confusion, write_json
 
     if k < 1 or any(int(x) < 1 for x in ks):
         raise SkelError(f"k values must be >= 1 (got k={k}, precision ks={list(ks)})")
+    check_batch_size(batch_size)
+    check_person_pool(person_pool)
     encoder, info, dinfo = prepare_encoder(checkpoint, data_path, protocol, random_init=random_init, preset=preset, seed=seed)
     # SLiM's retrieval feature concatenates the two persons (spec/slim.md 5.3); MAMP-family: mean (spec H).
     pool = person_pool or ("concat" if (info.method or "").startswith("slim") else default_person_pool(info.method))
@@ -113,6 +115,7 @@ def run_retrieval(
         "protocol": "retrieval", "checkpoint": str(checkpoint) if checkpoint else None, "random_init": random_init,
         "method": info.method, "pretrain_dataset": info.dataset, "epoch": info.epoch,
         "data": str(data_path), "dataset": dinfo.dataset, "split": protocol, "num_classes": int(dinfo.num_classes),
+        "classes_present": int(len(np.unique(q_y))),
         "person_pool": pool, "feature_dim": int(g_x.shape[1]), **res,
         "per_class": jsonable_metrics(cls)["per_class"], "mean_class": cls["mean_class"], "files": files,
     }

@@ -20,29 +20,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from skelcli.data import clips
+from skelcli.data.clips import ClipBatch
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 from skelcli.settings import DataSettings
 
 _REGISTRY: dict[str, type["PretrainMethod"]] = {}
-
-
-@dataclass
-class ClipBatch:
-    """A training batch of raw clips, already on the training device.
-
-    joints: (N, M, T_max, V, C) float32, zero-padded after ``valid`` frames (per sample).
-    valid: (N,) long number of valid frames. label: (N,) long class index.
-    """
-
-    joints: torch.Tensor
-    valid: torch.Tensor
-    label: torch.Tensor
-
-    def to(self, device: torch.device | str) -> "ClipBatch":
-        return ClipBatch(self.joints.to(device, non_blocking=True), self.valid.to(device), self.label.to(device))
-
-    def __len__(self) -> int:
-        return self.joints.shape[0]
 
 
 @dataclass
@@ -131,8 +114,6 @@ class PretrainMethod(nn.Module):
     def view(self, batch: ClipBatch) -> torch.Tensor:
         """Raw clips -> model input (N, M, T, V, C): MAMP's random crop/resize/rotation in train mode
         (spec/mamp-and-data.md E via ``clips.train_view``), the centre test crop otherwise."""
-        from skelcli.data import clips
-
         frames = self.encoder.config.num_frames
         if self.training:
             return clips.train_view(batch, frames, self.data_settings, draws=self.sample_draws)

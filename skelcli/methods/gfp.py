@@ -57,7 +57,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from skelcli.methods.base import ClipBatch, DatasetInfo, PretrainMethod, register
+from skelcli.data.clips import ClipBatch
+from skelcli.methods.base import DatasetInfo, PretrainMethod, register
 from skelcli.methods.mae import SMALL_DECODER, SMALL_ENCODER, dataset_tau, recipe_preset
 from skelcli.methods.vicreg import covariance_loss, feature_std, variance_loss
 from skelcli.models.encoder import EncoderConfig

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from skelcli.methods.base import ClipBatch, DatasetInfo, PretrainMethod, register
+from skelcli.data.clips import ClipBatch
+from skelcli.methods.base import DatasetInfo, PretrainMethod, register
 from skelcli.methods.decoder import DecoderConfig, MaskedDecoder
 from skelcli.models.encoder import EncoderConfig, patchify
 from skelcli.models.masking import MaskResult, random_masking
@@ -73,6 +74,11 @@ def recipe_preset(preset: str, dataset: str) -> dict[str, Any]:
 
 SMALL_ENCODER = {"num_frames": 16, "t_patch": 4, "dim": 32, "depth": 2, "heads": 4}
 SMALL_DECODER = {"dim": 32, "depth": 1, "heads": 4}
+
+
+def small_encoder_config() -> EncoderConfig:
+    """The encoder of the pretraining ``small`` preset (used by --from-scratch / --random-init without a checkpoint)."""
+    return EncoderConfig(**SMALL_ENCODER)
 
 
 class MaskedModelingSettings(StrictModel):

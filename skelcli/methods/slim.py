@@ -31,8 +31,9 @@ from pydantic import Field
 from torch import nn
 
 from skelcli.data.augment import AugmentConfig, ViewConfig, make_views
+from skelcli.data.clips import ClipBatch
 from skelcli.errors import SkelError
-from skelcli.methods.base import ClipBatch, DatasetInfo, PretrainMethod, register, weight_decay_groups
+from skelcli.methods.base import DatasetInfo, PretrainMethod, register, weight_decay_groups
 from skelcli.methods.losses_slim import glcl_loss, ibot_loss, koleo_loss
 from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from skelcli.models.layers import Block, init_weights, rope_tables, stochastic_depth_rates, trunc_normal_
@@ -32,18 +32,20 @@ from skelcli.settings import StrictModel
 class EncoderConfig(StrictModel):
     """Shape and options of :class:`SkeletonEncoder`. Defaults = the MAMP paper encoder (spec A.5)."""
 
-    num_frames: int = Field(120, ge=1, description="input frames T (learned temporal PE needs exactly this)")
+    num_frames: int = Field(120, ge=1, le=10_000, description="input frames T (learned temporal PE needs exactly this)")
     t_patch: int = Field(4, ge=1, description="frames per token l")
-    num_joints: int = 25
-    in_chans: int = 3
-    dim: int = Field(256, ge=8)
-    depth: int = Field(8, ge=1)
-    heads: int = Field(8, ge=1)
-    mlp_ratio: float = 4.0
+    num_joints: int = Field(25, ge=1, le=1024)
+    in_chans: int = Field(3, ge=1, le=16)
+    # Upper bounds far above any published skeleton encoder (paper: 256 x 8): a typo or a damaged
+    # checkpoint config fails here instead of allocating tens of GB.
+    dim: int = Field(256, ge=8, le=16_384)
+    depth: int = Field(8, ge=1, le=256)
+    heads: int = Field(8, ge=1, le=1024)
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
     ffn: Literal["gelu", "swiglu"] = "gelu"
     temporal_pos: Literal["learned", "rope"] = "learned"
     use_cls: bool = False
-    num_registers: int = Field(0, ge=0)
+    num_registers: int = Field(0, ge=0, le=1024)
     mask_token: bool = Field(False, description="learnable mask token substituted before the joint embedding (SLiM)")
     qkv_bias: bool = True
     norm_eps: float = 1e-5
@@ -52,6 +54,19 @@ class EncoderConfig(StrictModel):
     pool: Literal["mean", "cls_mean"] = Field(
         "mean", description="downstream feature: mean of all tokens (MAMP) or CLS || mean patch tokens (SLiM)"
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EncoderConfig":
+        """Cross-field rules, checked at parse time so that ``--set`` and config files fail naming the fields."""
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.temporal_pos == "rope" and (self.dim // self.heads) % 2:
+            raise ValueError(f"temporal_pos='rope' needs an even head width dim / heads, got {self.dim} / {self.heads}")
+        if self.num_frames % self.t_patch:
+            raise ValueError(f"num_frames ({self.num_frames}) must be a multiple of t_patch ({self.t_patch})")
+        if self.pool == "cls_mean" and not self.use_cls:
+            raise ValueError("pool='cls_mean' needs use_cls=True")
+        return self
 
     @property
     def num_segments(self) -> int:
