@@ -252,7 +252,7 @@ def test_out_that_is_a_file_or_under_a_file_is_refused(data_file, tmp_path):
     f = tmp_path / "file"
     f.write_text("keep me")
     runner = CliRunner()
-    for out, message in ((f, "is an existing file"), (f / "sub", "is a file, not a folder")):
+    for out, message in ((f, "exists and is not a folder"), (f / "sub", "is a file")):
         r = runner.invoke(app, _pretrain_args(data_file, out))
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
     assert f.read_text() == "keep me"

@@ -58,7 +58,9 @@ def prepare(
     runs killed outright (kill -9) are removed by the next run.
     """
     from skelcli.data.prepare import Terminated, default_settings, prepare_dataset, sigterm_raises
+    from skelcli.paths import check_out_file
 
+    check_out_file(json_out, "--json")
     if second_actor is not None and not kind.value.startswith("ntu"):
         raise SkelError("--second-actor applies to ntu60/ntu120 only")
     overrides = {"second_actor": second_actor.value} if second_actor is not None else {}

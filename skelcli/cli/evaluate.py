@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from skelcli.cli._app import check_out_dir, check_out_file, command, console, err_console
+from skelcli.cli._app import command, console, err_console
+from skelcli.paths import check_out_dir, check_out_file
 
 
 def escape(text: str) -> str:

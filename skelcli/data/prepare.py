@@ -656,14 +656,12 @@ def prepare_dataset(
 
 
 def _check_out(out: Path) -> None:
-    """SkelError unless ``out`` can be written: not a directory, and its nearest existing ancestor
-    is a writable directory (missing folders are created by the write)."""
-    if out.is_dir():
-        raise SkelError(f"--out {out} is a directory; give the path of the .h5 file to write, e.g. {out / 'data.h5'}")
-    base = out.parent
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise SkelError(f"--out {out}: {base} is not a directory")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise SkelError(f"--out {out}: directory {base} is not writable")
+    """SkelError unless ``out`` can be written (see :func:`skelcli.paths.check_out_file`), and unless an
+    existing ``out`` is an HDF5 file: any other file there is never overwritten."""
+    import h5py
+
+    from skelcli.paths import check_out_file
+
+    check_out_file(out, "--out")
+    if out.is_file() and not h5py.is_hdf5(out):
+        raise SkelError(f"--out {out} exists and is not an HDF5 file; refusing to overwrite it (remove it or choose another --out)")

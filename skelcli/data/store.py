@@ -439,11 +439,11 @@ def write_store(
             os.replace(tmp, out)
         except OSError as exc:
             raise SkelError(f"cannot move {tmp.name} over {out}: {_os_reason(exc)}") from None
+    except OSError as exc:  # e.g. the disk filled up while writing the data
+        tmp.unlink(missing_ok=True)
+        raise SkelError(f"writing {out} failed: {_os_reason(exc)}; any previous {out.name} is unchanged") from None
     except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
     return len(names)
 

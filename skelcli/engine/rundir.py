@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from skelcli.errors import SkelError
+from skelcli.paths import check_out_dir
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -76,22 +77,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def check_out_location(path: Path, what: str = "--out") -> None:
-    """A folder can be created (or used) at ``path``: not an existing file, under a writable folder."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise SkelError(f"{what} {path} is an existing file, not a folder")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SkelError(f"{what} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SkelError(f"{what} {path}: folder {probe} is not writable")
 
 
 class RunDir:
@@ -174,7 +159,7 @@ class RunDir:
     # ------------------------------------------------------------------ lock
     def acquire(self) -> None:
         """Take the folder's exclusive lock (creating the folder); SkelError when another live run holds it."""
-        check_out_location(self.path)
+        check_out_dir(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -311,7 +296,7 @@ def open_run(run: RunDir, resolved: dict[str, Any], *, resume: str | Path | None
     """
     from skelcli.engine.checkpoint import load_checkpoint
 
-    check_out_location(run.path)
+    check_out_dir(run.path)
     path: Path | None = None
     ckpt: dict[str, Any] | None = None
     notes: list[str] = []
@@ -379,5 +364,5 @@ def exit_code(signal_name: str | None) -> int:
     return 130 if signal_name == "SIGINT" else 143
 
 
-__all__ = ["RunDir", "StopSignal", "open_run", "settings_differences", "write_text_atomic", "json_safe", "check_out_location",
+__all__ = ["RunDir", "StopSignal", "open_run", "settings_differences", "write_text_atomic", "json_safe",
            "exit_code"]

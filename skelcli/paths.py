@@ -1,0 +1,53 @@
+"""Checks on output locations, shared by the commands and the run folders: a path that cannot be
+written is refused before any work, with a one-line :class:`~skelcli.errors.SkelError` naming the option."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from skelcli.errors import SkelError
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_out_dir(path: Path, option: str = "--out") -> Path:
+    """SkelError naming ``option`` unless ``path`` is, or can be created as, a writable folder.
+
+    Creates nothing (a command that fails later leaves no empty folder behind): ``path`` must be a
+    folder or not exist, and its nearest existing ancestor must be a writable folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SkelError(f"{option} {path} exists and is not a folder")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise SkelError(f"{option} {path}: cannot create a folder there, {base} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SkelError(f"{option} {path}: folder {base} is not writable")
+    return path
+
+
+def check_out_file(path: Path | None, option: str) -> Path | None:
+    """SkelError naming ``option`` unless the file ``path`` (written at the end, e.g. ``--json``) can be
+    written: not a folder, and its folder exists or can be created. None passes."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise SkelError(f"{option} {path} is a folder; give a file name")
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise SkelError(f"{option} {path}: cannot write there, {base} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SkelError(f"{option} {path}: folder {base} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SkelError(f"{option} {path}: the file is not writable")
+    return path
+
+
+__all__ = ["check_out_dir", "check_out_file"]
