@@ -1,10 +1,12 @@
-"""Checks on output locations, shared by the commands and the run folders: a path that cannot be
-written is refused before any work, with a one-line :class:`~skelcli.errors.SkelError` naming the option."""
+"""Output locations, shared by the commands and the run folders: a path that cannot be written is refused
+before any work, with a one-line :class:`~skelcli.errors.SkelError` naming the option; files are replaced
+atomically (:func:`atomic_write`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from skelcli.errors import SkelError
 
@@ -50,4 +52,23 @@ def check_out_file(path: Path | None, option: str) -> Path | None:
     return path
 
 
-__all__ = ["check_out_dir", "check_out_file"]
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``write(binary file)`` on a temporary file in the same folder, fsync, rename.
+
+    Readers see the old file or the new one; a failure (disk full, interruption) leaves the old one untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["check_out_dir", "check_out_file", "atomic_write"]

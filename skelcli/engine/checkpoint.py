@@ -14,7 +14,6 @@ split, file fingerprint), ``epoch`` (epochs completed), ``step``, and for resumi
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from skelcli import __version__
 from skelcli.errors import SkelError
+from skelcli.paths import atomic_write
 
 SCHEMA = "skelcli.checkpoint"
 SCHEMA_VERSION = 1
@@ -37,17 +37,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "skelcli_version": __version__, **payload}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from skelcli.errors import SkelError
-from skelcli.paths import check_out_dir
+from skelcli.paths import atomic_write, check_out_dir
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -47,16 +47,7 @@ def utc_stamp() -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def json_safe(record: dict[str, Any]) -> dict[str, Any]:
