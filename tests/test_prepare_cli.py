@@ -223,3 +223,14 @@ def test_info_verify_finds_problems(raw, tmp_path):
     r = run("info", out, "--verify")
     assert r.exit_code == 2  # one-line "verify found N problem(s)" error
     assert "xsub/test: index out of range" in r.output and "non-finite" in r.output
+
+
+def test_ntu_stores_carry_the_official_action_names(data_file):
+    """label 0 = A001 "drink water" ... label 59 = A060 (shahroudy/NTURGB-D); the tiny file's classes are named."""
+    from skelcli.data.actions import action_names
+    from skelcli.data.store import open_info
+
+    info = open_info(data_file)
+    assert info.class_names == action_names("ntu60") and len(info.class_names) == 60
+    assert info.class_names[0] == "drink water" and info.class_names[49] == "punching/slapping other person"
+    assert action_names("ntu120")[60] == "put on headphone" and action_names("pku-mmd-v1") is None

@@ -82,6 +82,9 @@ class Prepare:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "skelcli", "prepare", *map(str, args)], cwd=ROOT, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            # as from an interactive shell: pytest-xdist workers ignore SIGINT, and an ignored SIGINT is
+            # inherited (Python then installs no KeyboardInterrupt handler, as a background job expects)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)

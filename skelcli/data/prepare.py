@@ -534,6 +534,8 @@ class _NothingValid(Exception):
 
 
 def _write_nonempty(write_store, out, samples, kind, num_classes, splits, rejected, preprocessing, source) -> int:
+    from skelcli.data.actions import action_names
+
     def guarded():
         n = 0
         for s in samples:
@@ -545,7 +547,7 @@ def _write_nonempty(write_store, out, samples, kind, num_classes, splits, reject
     try:
         return write_store(
             out, guarded(), dataset=kind, num_classes=num_classes, splits=splits, rejected=lambda: rejected,
-            preprocessing=preprocessing, source=source, force=True,
+            preprocessing=preprocessing, source=source, force=True, class_names=action_names(kind),
         )
     except _NothingValid:
         reasons = _count_reasons(rejected)
