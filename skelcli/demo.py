@@ -33,6 +33,7 @@ class DemoSettings(StrictModel):
     workers: int | None = None
     parallel: int | None = Field(None, ge=1, description="methods pretrained at once, one thread each (None: up to 2, by CPU count)")
     benchmark: bool = True
+    pictures: bool = Field(True, description="curves.png of every method and embed_<method>.png (extra [viz])")
     probe_k: int = 20
     required_gain: float = Field(0.05, description="top-1 gain over the random encoder that the table calls a clear win")
 
@@ -165,6 +166,28 @@ def verdict(entry: dict[str, Any], required: float) -> tuple[bool, str]:
     return False, f"does NOT beat a random encoder: {words}"
 
 
+def _pictures(out: Path, methods: list[str], entries: dict[str, dict[str, Any]], data: Path,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """``out/curves.png`` (all methods overlaid) and ``out/embed_<method>.png``; skipped with one line
+    when matplotlib (extra ``[viz]``) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("    skipped: the pictures need matplotlib (pip install 'skelcli[viz]')")
+        return {}
+    from skelcli.viz.curves import plot_runs
+    from skelcli.viz.embed import embedding_map
+
+    curves = plot_runs([out / "runs" / m for m in methods], out / "curves.png", labels=methods)
+    pictures: dict[str, Any] = {"curves": [str(p) for p in curves["paths"]], "embed": {}}
+    for m in methods:
+        res = embedding_map(entries[m]["pretrain"]["checkpoint"], data, out / f"embed_{m}.png", method="pca", device="cpu")
+        pictures["embed"][m] = res["path"]
+        entries[m]["picture"] = Path(res["path"]).name
+    log(f"    {', '.join(Path(p).name for p in pictures['curves'])}, {', '.join(Path(p).name for p in pictures['embed'].values())}")
+    return pictures
+
+
 def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary (also written to ``out/demo.json``)."""
     from skelcli.data.prepare import prepare_dataset
@@ -224,6 +247,11 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
         log(f"    {name}: linear {entry['linear']:.3f} (random {base['linear']:.3f}), "
             f"kNN {entry['knn']:.3f} (random {base['knn']:.3f}): {entry['verdict']}")
     summary["pretrain_stage_seconds"] = time.perf_counter() - t
+
+    if settings.pictures and methods:
+        t = _stage(log, "pictures: the training curves of every method, a PCA map of each encoder's test features")
+        summary["pictures"] = _pictures(out, methods, summary["methods"], data, log)
+        summary["pictures_seconds"] = time.perf_counter() - t
 
     if settings.benchmark and methods:
         from skelcli.bench.report import run_benchmark

@@ -71,4 +71,19 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-__all__ = ["check_out_dir", "check_out_file", "atomic_write"]
+def read_json_object(path: Path, hint: str = "") -> dict:
+    """The JSON object in ``path``; SkelError naming the file (and ``hint``, what to do) when it is damaged."""
+    import json
+
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SkelError(f"{path} is damaged ({type(exc).__name__}: {exc}){tail}") from None
+    if not isinstance(data, dict):
+        raise SkelError(f"{path} is damaged (not a JSON object){tail}")
+    return data
+
+
+__all__ = ["check_out_dir", "check_out_file", "atomic_write", "read_json_object"]

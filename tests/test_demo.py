@@ -35,6 +35,15 @@ def test_demo_runs_the_chain_side_by_side_and_writes_its_summary(tmp_path):
     assert {summary["methods"][m]["random_init_from"] for m in ("mae", "mamp")} == {"mae"}
     header = next(line for line in r.output.splitlines() if "method" in line and "kNN" in line)
     assert "verdict" in header and len(header) > 80
+    # the pictures (issue 16 item 6): both methods' curves overlaid, one feature map each, named in the table
+    from PIL import Image
+
+    assert summary["pictures"]["curves"] == [str(out / "curves.png")] and "feature map" in header
+    for name in ("mae", "mamp"):
+        png = out / f"embed_{name}.png"
+        assert summary["pictures"]["embed"][name] == str(png) and Image.open(png).size[0] > 300
+        assert f"embed_{name}.png" in next(line for line in r.output.splitlines() if "│" in line and line.strip("│ ").startswith(name))
+    assert Image.open(out / "curves.png").size[0] > 300
 
 
 def test_verdict_words():

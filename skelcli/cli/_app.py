@@ -67,8 +67,9 @@ def _one_line_validation(exc) -> str:
     return "invalid settings: " + "; ".join(parts)
 
 
-def command(name: str, **kwargs) -> Callable:
-    """Register a command on the app; turn SkelError / pydantic errors into a one-line exit 2."""
+def command(name: str, *, group: typer.Typer | None = None, **kwargs) -> Callable:
+    """Register a command on the app (or on a sub-command ``group`` such as ``skel viz``); turn
+    SkelError / pydantic errors into a one-line exit 2."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -89,9 +90,14 @@ def command(name: str, **kwargs) -> Callable:
             except KeyboardInterrupt:
                 fail("interrupted", code=130)
 
-        return app.command(name, **kwargs)(wrapper)
+        return (group or app).command(name, **kwargs)(wrapper)
 
     return decorate
+
+
+def missing_extra(package: str, extra: str, what: str) -> SkelError:
+    """The one-line error for an optional dependency that is not installed."""
+    return SkelError(f"{what} needs {package}: pip install 'skelcli[{extra}]' (or pip install {package})")
 
 
 def _version(value: bool) -> None:

@@ -41,7 +41,9 @@ def demo(
     required = settings.required_gain
     n_test = summary["prepare"]["splits"].get("xsub", {}).get("test", "?")
     table = Table(title=f"skel demo: what pretraining bought (frozen-encoder top-1, synthetic xsub test split, {n_test} clips)")
-    for col in ("method", "steps", "pretrain s", "linear", "random", "gain", "kNN", "random", "gain", "verdict"):
+    pictures = summary.get("pictures") or {}
+    columns = ("method", "steps", "pretrain s", "linear", "random", "gain", "kNN", "random", "gain", "verdict")
+    for col in columns + (("feature map",) if pictures else ()):
         table.add_column(col, justify="left" if col in ("method", "verdict") else "right")
     for name, e in summary["methods"].items():
         p, r = e["pretrain"], e["random_init"]
@@ -50,6 +52,7 @@ def demo(
         table.add_row(
             name, str(p["steps"]), f"{p['seconds']:.0f}", f"{e['linear']:.3f}", f"{r['linear']:.3f}", gain["linear"],
             f"{e['knn']:.3f}", f"{r['knn']:.3f}", gain["knn"], f"[{style}]{escape(e['verdict'])}[/]",
+            *((escape(e.get("picture", "-")),) if pictures else ()),
         )
     console.print(table)
     console.print(f"gain = points of top-1 over a randomly initialised encoder of the same shape; a clear win needs "
@@ -57,10 +60,12 @@ def demo(
     losers = [n for n, e in summary["methods"].items() if not e["clear_win"]]
     if losers:
         console.print(f"[bold red]pretraining did not clearly beat random features for: {escape(', '.join(losers))}[/]")
+    if pictures.get("curves"):
+        console.print(f"training curves of every method: {', '.join(pictures['curves'])}", highlight=False, markup=False)
     if "benchmark" in summary:
         from skelcli.bench.report import render
 
         render(summary["benchmark"], console)
     console.print(f"[bold]done in {summary['seconds']:.0f} s.[/] Everything is under [cyan]{escape(str(out))}[/]: raw/ (synthetic .skeleton files), "
                   f"ntu60_synth.h5, runs/<method>/ (settings.json, metrics.jsonl, last.pt, probe-*/metrics.json), demo.json"
-                  + (", benchmark.json" if "benchmark" in summary else ""))
+                  + (", curves.png, embed_<method>.png" if pictures else "") + (", benchmark.json" if "benchmark" in summary else ""))

@@ -53,6 +53,17 @@ def _test_classes_present(data: Path, split: str) -> int:
     return int(len(np.unique(read_labels(data, split_indices(data, split, "test")))))
 
 
+def _top_confusions_cell(files: Optional[dict[str, Any]], n: int = 5) -> str:
+    """The first ``n`` of save_confusion's ``top_confusions`` as lines "true -> predicted: count (share of the true class)"."""
+    pairs = (files or {}).get("top_confusions")
+    if pairs is None:
+        return "-"
+    if not pairs:
+        return "none"
+    return "\n".join(escape(f"{p['true']} -> {p['predicted']}: {p['count']} ({100 * p['share_of_true']:.0f} %)")
+                     for p in pairs[:n])
+
+
 _ckpt_opt = typer.Option(None, "--checkpoint", "-c", help="Checkpoint (.pt) with an encoder.")
 _data_opt = typer.Option(..., "--data", "-d", help="Prepared HDF5 file (skel prepare).")
 _split_opt = typer.Option("xsub", "--split", help="Protocol name in the file (xsub, xview, xset).")
@@ -118,6 +129,7 @@ def probe(
         table.add_row("top-1", _fmt(res["top1"]))
     table.add_row("top-5", _fmt(res["top5"]))
     table.add_row("mean class accuracy", _fmt(res["mean_class"]))
+    table.add_row("top confusions\n(true -> predicted:\nclips, % of true)", _top_confusions_cell(res.get("files")))
     table.add_row("run folder", escape(str(out_dir)))
     console.print(table)
     if res.get("converged") is False:
@@ -197,6 +209,7 @@ def finetune(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: next to the checkpoint)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="auto: continue every repeat from its last.pt in --out."),
     force: bool = typer.Option(False, "--force", help="Start over in a folder that holds fine-tuning checkpoints; old files move to old-<time>/."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log each repeat to <out>/tb/ for TensorBoard (extra [viz])."),
     json_out: Optional[Path] = _json_opt,
 ) -> None:
     """Fine-tune encoder + head end to end; semi-supervised, transfer and from-scratch variants.
@@ -210,6 +223,7 @@ def finetune(
     from rich.table import Table
 
     from skelcli.eval.finetune import FinetuneSettings, run_finetune
+    from skelcli.viz.tensorboard import tensorboard_writer
 
     overrides: dict[str, Any] = dict(FinetuneSettings.preset(preset))
     overrides.update({"label_fraction": label_fraction, "balanced": balanced, "repeats": repeats, "from_scratch": from_scratch,
@@ -237,6 +251,7 @@ def finetune(
     from skelcli.engine.rundir import exit_code
 
     res = run_finetune(checkpoint, data, split, settings, out_dir, preset=preset, on_epoch=on_epoch, resume=resume, force=force,
+                       tensorboard=tensorboard_writer() if tensorboard else None,
                        notify=lambda line: console.print(line, highlight=False, markup=False),
                        warn=lambda msg: err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False))
     if "interrupted" in res:
@@ -264,6 +279,8 @@ def finetune(
     if "test_top1_at_val_best" in res:
         table.add_row("top-1 at best val epoch", ms(res["test_top1_at_val_best"]))
     table.add_row("repeats", str(settings.repeats))
+    table.add_row("top confusions" + (" (repeat 1)" if settings.repeats > 1 else "") + "\n(true -> predicted:\nclips, % of true)",
+                  _top_confusions_cell(res["runs"][0].get("confusion_files")))
     table.add_row("run folder", escape(str(out_dir)))
     console.print(table)
     _write_json(json_out, res)

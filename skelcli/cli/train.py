@@ -27,6 +27,7 @@ def pretrain_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest valid checkpoint in --out) or a checkpoint path."),
     force: bool = typer.Option(False, "--force", help="Start over in a run folder that holds checkpoints or another configuration; its old files move to old-<time>/."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tb/ for TensorBoard, with curves.png at the end (extra [viz])."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result summary as JSON to this file."),
     nproc: Optional[int] = typer.Option(
         None, "--nproc", min=1, help="Run N processes on this machine: re-launches itself through torchrun --standalone."
@@ -56,6 +57,7 @@ def pretrain_cmd(
     from skelcli.engine.config import resolve_pretrain_settings
     from skelcli.engine.dist import LAUNCHED_ENV, init_distributed, quiet_non_main, relaunch_with_torchrun, shutdown, strip_option
     from skelcli.engine.train import pretrain
+    from skelcli.viz.tensorboard import tensorboard_writer
     from skelcli.errors import SkelError
 
     settings = resolve_pretrain_settings(
@@ -71,7 +73,7 @@ def pretrain_cmd(
     try:
         result = pretrain(
             settings, run_dir, resume=resume, force=force, progress=not no_progress, console=console, ctx=ctx,
-            max_per_device_batch=max_device_batch,
+            max_per_device_batch=max_device_batch, tensorboard=tensorboard_writer() if tensorboard else None,
         )
     finally:
         shutdown(ctx)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from skelcli.errors import SkelError
-from skelcli.paths import atomic_write, check_out_dir
+from skelcli.paths import atomic_write, check_out_dir, read_json_object
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -78,6 +78,8 @@ class RunDir:
         self._lock_fd: int | None = None
         self._log = None
         self.notes: list[str] = []
+        #: callables that receive every row logged after metrics.jsonl has it (e.g. a TensorBoard writer)
+        self.mirrors: list[Any] = []
 
     # ------------------------------------------------------------------ files
     @property
@@ -93,13 +95,7 @@ class RunDir:
         f = self.settings_file
         if not f.exists():
             return None
-        try:
-            data = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SkelError(f"{f} is damaged ({type(exc).__name__}: {exc}); remove it or use --force (the old files move to old-<time>/)") from None
-        if not isinstance(data, dict):
-            raise SkelError(f"{f} is damaged (not a JSON object); remove it or use --force")
-        return data
+        return read_json_object(f, "remove it or use --force (the old files move to old-<time>/)")
 
     def write_settings(self, settings: dict[str, Any]) -> None:
         write_text_atomic(self.settings_file, json.dumps(settings, indent=2) + "\n")
@@ -237,8 +233,11 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         if self._log is not None:
-            self._log.write(json.dumps(json_safe(record)) + "\n")
+            row = json_safe(record)
+            self._log.write(json.dumps(row) + "\n")
             self._log.flush()
+            for mirror in self.mirrors:
+                mirror(row)
 
     def close_log(self) -> None:
         if self._log is not None:

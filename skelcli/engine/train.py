@@ -197,6 +197,7 @@ def pretrain(
     console: Any = None,
     ctx: Any = None,
     max_per_device_batch: int | None = None,
+    tensorboard: Any = None,
 ) -> TrainResult:
     """Pretrain ``settings.method`` on ``settings.data`` into ``out_dir`` (see the module docstring).
 
@@ -210,6 +211,9 @@ def pretrain(
     max_per_device_batch: largest micro-batch per process; above it gradients are accumulated
     (default: ``runtime.max_per_device_batch`` when the settings have it, else no limit).
     ``settings.data.batch_size`` is the *global* batch whatever the process count.
+    tensorboard: a factory ``folder -> mirror`` (:class:`skelcli.viz.tensorboard.TensorBoardLog`) called on
+    the writing process for ``out_dir/tb/``; the mirror gets every logged row and, at the end,
+    ``finish(curves_of=out_dir)`` (extra ``[viz]``).
     Raises SkelError on bad input and on a non-finite loss (naming the step; the last good
     checkpoint is kept). A run folder in use by another process is refused (see rundir.py).
     """
@@ -246,9 +250,18 @@ def pretrain(
                     run.notes.append(f"old files moved to {moved}")
             run.write_settings(resolved)
             run.open_log(resume_step=None if ckpt is None else int(ckpt["step"]))
+        tb = tensorboard(run.path / "tb") if tensorboard is not None and ctx.is_main else None
+        if tb is not None:
+            run.mirrors.append(tb)
         barrier(ctx)
         loop = _PretrainLoop(cfg, run, ctx, info, data_path, plan, resolved, console=console, callbacks=callbacks)
-        result = loop.run(ckpt, resume_path, force, progress)
+        try:
+            result = loop.run(ckpt, resume_path, force, progress)
+        finally:
+            run.close_log()
+            if tb is not None:
+                tb.finish(curves_of=run.path)
+                run.notes.extend(tb.notes)
         result.skipped_checkpoints = notes
         result.notes = list(run.notes)
         return result

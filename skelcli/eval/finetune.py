@@ -351,6 +351,7 @@ def run_finetune(
     resume: str | None = None,
     force: bool = False,
     notify: Callable[[str], None] | None = None,
+    tensorboard: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Full ``skel finetune``: load checkpoint and data, draw subsets, run ``repeats`` seeds, write the
     run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary.
@@ -360,6 +361,8 @@ def run_finetune(
     (the summary then holds ``interrupted`` and nothing else is written), ``metrics.jsonl`` with one row per
     epoch. ``resume="auto"`` continues every repeat from its last.pt (finished repeats are not retrained);
     a folder with fine-tuning checkpoints is refused without ``resume`` or ``force`` (old files move aside).
+    ``tensorboard``: a factory ``folder -> mirror`` (:class:`skelcli.viz.tensorboard.TensorBoardLog`); each
+    repeat's rows also go to ``<repeat>/tb/``, with its confusion matrix at the end (``finish(pngs=...)``).
     """
     from skelcli.engine.checkpoint import check_head_classes, load_encoder, save_checkpoint
     from skelcli.engine.dist import is_main_process
@@ -444,19 +447,26 @@ def run_finetune(
                 tr_idx, val_idx = carve_validation(idx, s.val_fraction, seed)
                 train = train_all.subset(tr_idx)
                 val = train_all.subset(val_idx) if len(val_idx) else None
+                tb, pngs = None, []
                 if main:
                     run_dir.path.mkdir(parents=True, exist_ok=True)
                     run_dir.open_log(resume_step=int(state_ckpt["step"]) if state_ckpt is not None else (0 if resume else None))
+                    if tensorboard is not None:
+                        tb = tensorboard(run_dir.path / "tb")
+                        run_dir.mirrors.append(tb)
                 try:
                     res = finetune_once(encoder_config, state, train, test, num_classes, s, seed=seed, val=val,
                                         on_epoch=(lambda e, row, _r=r: on_epoch(_r, e, row)) if on_epoch else None,
                                         run=run_dir, resume=state_ckpt, stop=stop, run_settings=resolved, notify=notify)
+                    if "interrupted" in res:
+                        return {"interrupted": res["interrupted"], "repeat": r, "epoch": res["epoch"], "steps": res["steps"],
+                                "out": str(out_dir), "checkpoint": str(run_dir.path / "last.pt")}
+                    files = save_confusion(res.pop("confusion"), run_dir.path, class_names=getattr(dinfo, "class_names", None))
+                    pngs = [p for p in files.values() if isinstance(p, str) and p.endswith(".png")]
                 finally:
                     run_dir.close_log()
-                if "interrupted" in res:
-                    return {"interrupted": res["interrupted"], "repeat": r, "epoch": res["epoch"], "steps": res["steps"],
-                            "out": str(out_dir), "checkpoint": str(run_dir.path / "last.pt")}
-                files = save_confusion(res.pop("confusion"), run_dir.path, class_names=getattr(dinfo, "class_names", None))
+                    if tb is not None:
+                        tb.finish(pngs=pngs)
                 model = res.pop("model")
                 ckpt_path = run_dir.path / "finetuned.pt"
                 if main:  # one writer under torchrun; every rank holds the same model

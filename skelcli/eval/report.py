@@ -1,8 +1,10 @@
 """Classification metrics and their artefacts: top-k, per-class accuracy, confusion matrix (.npy, .csv, .png).
 
-The confusion-matrix figure uses matplotlib when it is installed; without it a plain heat-map PNG
-(one pixel block per cell, white = 0, dark blue = row maximum) is written with the standard
-library's zlib, so a PNG is always produced.
+The confusion-matrix figure shows the classes present, row-normalised (each true class sums to 1) and
+sorted by true-class accuracy, worst first (:func:`seriation`); :func:`top_confusions` lists the
+largest off-diagonal cells for the JSON results and the summary tables. The figure uses matplotlib
+when it is installed; without it a plain heat-map PNG (one pixel block per cell, white = 0, dark
+blue = the whole row) is written with the standard library's zlib, so a PNG is always produced.
 """
 
 from __future__ import annotations
@@ -83,55 +85,116 @@ def present_classes(cm: np.ndarray) -> np.ndarray:
     return np.nonzero((cm.sum(axis=1) > 0) | (cm.sum(axis=0) > 0))[0]
 
 
-def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class_names: list[str] | None = None) -> dict[str, str]:
-    """Write ``<stem>.npy``, ``<stem>.csv`` (the full num_classes x num_classes matrix) and ``<stem>.png``
-    into out_dir; returns the paths written. The PNG shows only the :func:`present_classes`, labelled
-    with ``class_names`` when given, else with the class index (the file's 0-based label, the row of
-    the .csv). Under torchrun only rank 0 writes (every rank gets the paths)."""
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    """(n, n) counts -> float64 shares: each row with samples sums to 1 (row = true class), empty rows stay 0."""
+    cm = np.asarray(cm, dtype=np.float64)
+    row = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, row, out=np.zeros(cm.shape, dtype=np.float64), where=row > 0)
+
+
+def seriation(cm: np.ndarray) -> np.ndarray:
+    """Display order of the classes of a square count matrix: true-class accuracy ascending (the most
+    confused class first), classes without a true sample (only ever predicted) last, ties by index.
+    Deterministic and simple; the confusions of the worst classes gather in the top rows."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    acc = np.divide(np.diag(cm).astype(np.float64), support, out=np.full(len(support), np.inf), where=support > 0)
+    return np.lexsort((np.arange(len(acc)), acc))
+
+
+def class_label_list(class_names: list[str] | None, num_classes: int) -> list[str]:
+    """``class_names`` when there is one per class, else the class indices as text (the .csv row numbers)."""
+    if class_names is not None and len(class_names) == num_classes:
+        return [str(x) for x in class_names]
+    return [str(c) for c in range(num_classes)]
+
+
+def top_confusions(cm: np.ndarray, class_names: list[str] | None = None, k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` largest off-diagonal cells of a confusion matrix (row = true, column = predicted).
+
+    Each entry: true / predicted (class names, or the index as text), true_index / predicted_index,
+    count, share_of_true (count / clips of the true class). Order: count descending, then share
+    descending, then true index, then predicted index (deterministic ties). Zero cells are left out.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    names = class_label_list(class_names, cm.shape[0])
+    support = cm.sum(axis=1)
+    rows, cols = np.nonzero(cm * (1 - np.eye(cm.shape[0], dtype=np.int64)))
+    pairs = [(int(cm[t, p]), float(cm[t, p] / support[t]), int(t), int(p)) for t, p in zip(rows, cols)]
+    pairs.sort(key=lambda x: (-x[0], -x[1], x[2], x[3]))
+    return [{"true": names[t], "predicted": names[p], "true_index": t, "predicted_index": p, "count": c, "share_of_true": share}
+            for c, share, t, p in pairs[: max(int(k), 0)]]
+
+
+def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class_names: list[str] | None = None,
+                   top_k: int = 10) -> dict[str, Any]:
+    """Write ``<stem>.npy``, ``<stem>.csv`` (the full num_classes x num_classes counts, class-index order)
+    and ``<stem>.png`` into out_dir. Returns the paths written (keys npy, csv, png) and
+    ``top_confusions``: the :func:`top_confusions` list (``top_k`` pairs) for the JSON results.
+
+    The PNG shows only the :func:`present_classes`, row-normalised (each true class sums to 1), in the
+    :func:`seriation` order (accuracy ascending), labelled with ``class_names`` when given, else with
+    the class index. Under torchrun only rank 0 writes (every rank gets the same dict)."""
     from skelcli.engine.dist import is_main_process
 
     out_dir = Path(out_dir)
     paths = {"npy": out_dir / f"{stem}.npy", "csv": out_dir / f"{stem}.csv", "png": out_dir / f"{stem}.png"}
+    result: dict[str, Any] = {k: str(v) for k, v in paths.items()}
+    result["top_confusions"] = top_confusions(cm, class_names, k=top_k)
     if not is_main_process():
-        return {k: str(v) for k, v in paths.items()}
+        return result
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(paths["npy"], cm)
     np.savetxt(paths["csv"], cm, fmt="%d", delimiter=",")
     keep = present_classes(cm)
     if len(keep) == 0:
         keep = np.arange(cm.shape[0])
-    names = list(class_names) if class_names is not None and len(class_names) == cm.shape[0] else [str(c) for c in range(cm.shape[0])]
+    names = class_label_list(class_names, cm.shape[0])
+    keep = keep[seriation(np.asarray(cm)[np.ix_(keep, keep)])]
     shown = np.asarray(cm)[np.ix_(keep, keep)]
     labels = [names[c] for c in keep]
     try:
         _confusion_png_matplotlib(shown, paths["png"], labels, cm.shape[0])
     except ImportError:
         write_heatmap_png(shown, paths["png"])
-    return {k: str(v) for k, v in paths.items()}
+    return result
+
+
+def _short(label: str, limit: int = 32) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "\u2026"
 
 
 def _confusion_png_matplotlib(cm: np.ndarray, path: Path, labels: list[str], num_classes: int) -> None:
-    """Row-normalised heat map of ``cm`` (the present classes only) with ``labels`` on both axes."""
+    """Row-normalised heat map of the counts ``cm`` (the present classes, already in display order) with
+    ``labels`` on both axes and a colour bar; up to 20 classes each cell with a share shows it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = cm.shape[0]
-    row = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, row, out=np.zeros(cm.shape, dtype=np.float64), where=row > 0)
+    norm = row_normalise(cm)
+    labels = [_short(x) for x in labels]
     longest = max((len(x) for x in labels), default=1)
-    size = min(4 + n * 0.18 + longest * 0.06, 24)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fontsize = 9 if n <= 20 else 7.5 if n <= 40 else 6.5 if n <= 80 else 5
+    size = min(3.5 + n * (0.32 if n <= 20 else 0.2 if n <= 60 else 0.16) + longest * fontsize * 0.011, 30)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 60:
-        fontsize = 8 if n <= 20 else 6
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=fontsize)
+    ax.set_ylabel("true (sorted by accuracy, worst first)")
+    if n <= 130:
+        ax.set_xticks(range(n), labels, rotation=60 if n <= 20 else 90, ha="right" if n <= 20 else "center",
+                      rotation_mode="anchor" if n <= 20 else "default", fontsize=fontsize)
         ax.set_yticks(range(n), labels, fontsize=fontsize)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(f"confusion matrix (row-normalised)\n{n} of {num_classes} classes occur as a label or a prediction", fontsize=10)
+    if n <= 20:
+        for t, p in zip(*np.nonzero(cm)):
+            share = norm[t, p]
+            ax.text(p, t, f"{share:.2f}".lstrip("0") if share < 1 else "1", ha="center", va="center", fontsize=fontsize - 1,
+                    color="white" if share > 0.5 else "black")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("share of the true class", fontsize=9)
+    ax.set_title(f"confusion matrix (row-normalised, {int(cm.sum())} clips)\n"
+                 f"{n} of {num_classes} classes occur as a label or a prediction", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -142,8 +205,7 @@ def write_heatmap_png(cm: np.ndarray, path: Path, cell: int | None = None) -> No
     cm = np.asarray(cm, dtype=np.float64)
     n = max(cm.shape[0], 1)
     cell = cell or max(2, min(24, 480 // n))
-    row = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, row, out=np.zeros(cm.shape, dtype=np.float64), where=row > 0)
+    norm = row_normalise(cm)
     white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
     rgb = (white + (blue - white) * norm[..., None]).round().astype(np.uint8)  # (n, n, 3)
     img = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
