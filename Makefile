@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	  $(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1; \
 	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; \
 	fi
-	$(BIN)/python -m pip install -q -e ".[test,viz]"
+	$(BIN)/python -m pip install -q -e ".[test,viz,export]"
 	@$(BIN)/python -c "import torch, skelcli; print('[skel] torch', torch.__version__, '| skelcli', skelcli.__version__)"
 	@touch $(STAMP)
 

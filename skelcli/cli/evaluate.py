@@ -209,7 +209,7 @@ def finetune(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: next to the checkpoint)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="auto: continue every repeat from its last.pt in --out."),
     force: bool = typer.Option(False, "--force", help="Start over in a folder that holds fine-tuning checkpoints; old files move to old-<time>/."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log each repeat to <out>/tb/ for TensorBoard (extra [viz])."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log each repeat to <out>/tb/ for TensorBoard (extra \\[viz])."),
     json_out: Optional[Path] = _json_opt,
 ) -> None:
     """Fine-tune encoder + head end to end; semi-supervised, transfer and from-scratch variants.

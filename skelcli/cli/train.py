@@ -27,7 +27,7 @@ def pretrain_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest valid checkpoint in --out) or a checkpoint path."),
     force: bool = typer.Option(False, "--force", help="Start over in a run folder that holds checkpoints or another configuration; its old files move to old-<time>/."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tb/ for TensorBoard, with curves.png at the end (extra [viz])."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tb/ for TensorBoard, with curves.png at the end (extra \\[viz])."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result summary as JSON to this file."),
     nproc: Optional[int] = typer.Option(
         None, "--nproc", min=1, help="Run N processes on this machine: re-launches itself through torchrun --standalone."
