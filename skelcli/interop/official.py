@@ -213,6 +213,17 @@ def _model_args(args: Any) -> dict[str, Any]:
     return dict(model_args) if isinstance(model_args, dict) else {}
 
 
+def _heads(meta: dict[str, Any], dim: int, path: Any, report: Any, example: str) -> int:
+    """Attention heads from the file's metadata (``num_heads``), else assumed from the official head width."""
+    if "num_heads" in meta:
+        return int(meta["num_heads"])
+    if dim % OFFICIAL_HEAD_DIM:
+        raise SkelError(f"{path}: the file does not say how many attention heads; pass --heads")
+    heads = dim // OFFICIAL_HEAD_DIM
+    report.notes.append(f"heads not in the file: assumed {heads} (head width {OFFICIAL_HEAD_DIM}, as {example})")
+    return heads
+
+
 def convert_mamp(payload: Any, path: Path, strict: bool = True, heads: int | None = None) -> tuple[dict[str, Any], ImportReport]:
     """MAMP ``checkpoint-<epoch>.pth`` (or bare state dict) -> (skelcli checkpoint payload, report).
 
@@ -242,13 +253,7 @@ def convert_mamp(payload: Any, path: Path, strict: bool = True, heads: int | Non
     hidden = int(_need(state, "blocks.0.mlp.fc1.weight", path, "MAMP").shape[0])
     margs = _model_args(args)
     if heads is None:
-        if "num_heads" in margs:
-            heads = int(margs["num_heads"])
-        else:
-            if dim % OFFICIAL_HEAD_DIM:
-                raise SkelError(f"{path}: the file does not say how many attention heads (no args.model_args); pass --heads")
-            heads = dim // OFFICIAL_HEAD_DIM
-            report.notes.append(f"heads not in the file: assumed {heads} (head width {OFFICIAL_HEAD_DIM}, as MAMP's 8 heads at 256)")
+        heads = _heads(margs, dim, path, report, "MAMP's 8 heads at 256")
     found = {"dim_feat": dim, "depth": depth, "num_frames": segments * t_patch, "num_joints": joints,
              "t_patch_size": t_patch, "num_heads": heads, "dim_in": chans}
     wrong = [f"{k}={margs[k]} in args but {v} from the tensors" for k, v in found.items() if k in margs and int(margs[k]) != v]
@@ -432,13 +437,7 @@ def convert_slim(state: dict[str, torch.Tensor], config: dict[str, Any], path: P
     if float(config.get("init_values", 0.0) or 0.0) != 0.0:
         raise SkelError(f"{path}: config.json init_values={config['init_values']} (LayerScale) is not supported")
     if heads is None:
-        if "num_heads" in config:
-            heads = int(config["num_heads"])
-        else:
-            if dim % OFFICIAL_HEAD_DIM:
-                raise SkelError(f"{path}: the file does not say how many attention heads; pass --heads")
-            heads = dim // OFFICIAL_HEAD_DIM
-            report.notes.append(f"heads not in the file: assumed {heads} (head width {OFFICIAL_HEAD_DIM}, as SLiM vit_tiny: 8 at 256)")
+        heads = _heads(config, dim, path, report, "SLiM vit_tiny: 8 at 256")
     if frames is None:
         size = config.get("img_size")
         if isinstance(size, (list, tuple)) and size:
