@@ -143,6 +143,21 @@ def test_gif_is_an_animation_of_two_persons_with_masks(data_file, two_person_nam
         assert (np.abs(rgb - np.array(colour)).sum(-1) < 40).sum() > 30, colour
 
 
+def test_mp4_is_a_video_of_the_same_frames(data_file, two_person_name, tmp_path) -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as iio2
+
+    out = tmp_path / "clip.mp4"
+    r = run("--data", data_file, "--name", two_person_name, "--mask", "random", "--frames", "5", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "5 frames of the 120-frame view, random mask" in r.output
+    frames = iio2.mimread(out)
+    assert len(frames) == 5
+    for img in frames:
+        _check_picture(img)
+    assert not list(tmp_path.glob(".clip.tmp-*"))
+
+
 def test_png_is_a_contact_sheet(data_file, two_person_name, tmp_path) -> None:
     from PIL import Image
 
@@ -177,7 +192,7 @@ def test_unknown_name_is_one_line_listing_names(data_file, names, tmp_path) -> N
 
 
 def test_bad_extension_and_bad_mask_are_one_line(data_file, names, tmp_path) -> None:
-    one_line_error(run("--data", data_file, "--name", names[0], "--out", tmp_path / "x.mp4"), ".gif", ".png")
+    one_line_error(run("--data", data_file, "--name", names[0], "--out", tmp_path / "x.avi"), ".gif", ".mp4", ".png")
     one_line_error(run("--data", data_file, "--name", names[0], "--mask", "blocks", "--out", tmp_path / "x.gif"), "--mask", "tube")
     one_line_error(run("--data", data_file, "--name", names[0], "--out", tmp_path), "--out", "folder")
     assert list(tmp_path.iterdir()) == []

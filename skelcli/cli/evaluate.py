@@ -53,7 +53,7 @@ def _test_classes_present(data: Path, split: str) -> int:
     return int(len(np.unique(read_labels(data, split_indices(data, split, "test")))))
 
 
-def _top_confusions_cell(files: Optional[dict[str, Any]], n: int = 5) -> str:
+def _top_confusions_cell(files: Optional[dict[str, Any]], n: int = 10) -> str:
     """The first ``n`` of save_confusion's ``top_confusions`` as lines "true -> predicted: count (share of the true class)"."""
     pairs = (files or {}).get("top_confusions")
     if pairs is None:

@@ -24,7 +24,7 @@ def clip(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the masking draw."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="GIF: at most this many frames (default 64); PNG: panels (default 12)."),
-    out: Path = typer.Option(..., "--out", "-o", help="clip.gif (animation) or clip.png (contact sheet)."),
+    out: Path = typer.Option(..., "--out", "-o", help="clip.gif or clip.mp4 (animation) or clip.png (contact sheet)."),
 ) -> None:
     """Draw one clip of a prepared file, the masked tokens of a method in red.
 
@@ -47,5 +47,5 @@ def clip(
         raise missing_extra(exc.name or "imageio", "viz", "skel viz clip --out x.gif") from None
     result = viz.render_clip(data, name, out, mask=mask, checkpoint=method_checkpoint, seed=seed, frames=frames)
     share = "no mask" if result.masked_share is None else f"{result.mask_kind} mask, {100 * result.masked_share:.1f}% of tokens masked"
-    unit = "frames" if out.suffix.lower() == ".gif" else "panels"
+    unit = "frames" if out.suffix.lower() in (".gif", ".mp4") else "panels"
     console.print(f"wrote {result.path}: {result.frames} {unit} of the {result.num_frames}-frame view, {share}", highlight=False, soft_wrap=True)

@@ -132,10 +132,11 @@ class ClipResult:
 
 # --------------------------------------------------------------------------------------------- inputs
 def output_kind(out: str | Path) -> str:
-    """"gif" or "png" from the name's extension; SkelError for any other."""
+    """"gif", "mp4" (animations) or "png" (contact sheet) from the name's extension; SkelError for any other."""
     suffix = Path(out).suffix.lower()
-    if suffix not in (".gif", ".png"):
-        raise SkelError(f"--out {out}: the name must end with .gif (animation) or .png (contact sheet), got {suffix or 'no extension'!r}")
+    if suffix not in (".gif", ".mp4", ".png"):
+        raise SkelError(f"--out {out}: the name must end with .gif or .mp4 (animation) or .png (contact sheet), "
+                        f"got {suffix or 'no extension'!r}")
     return suffix[1:]
 
 
@@ -527,10 +528,14 @@ def render_clip(
     share = float(hidden[persons].float().mean()) if setup.mask != "none" else None
 
     n_frames = view.shape[1]
-    if kind == "gif":
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind in ("gif", "mp4"):
         idx = frame_indices(n_frames, frames or GIF_MAX_FRAMES)
         images = draw_gif(view, hidden, setup, clip.title, idx)
         seconds = len(clip.joints) * setup.test_crop / KINECT_FPS  # real duration of the cropped clip
+        if kind == "mp4":
+            _write_mp4(out, images, fps=len(idx) / max(seconds, 1e-3))
+            return ClipResult(out, len(images), n_frames, setup.mask, share, hidden, persons)
         duration = max(20, int(round(1000 * seconds / len(idx))))
         payload = iio.imwrite("<bytes>", np.stack(images), extension=".gif", duration=duration, loop=0)
         count = len(images)
@@ -538,9 +543,28 @@ def render_clip(
         idx = frame_indices(n_frames, min(frames or SHEET_PANELS, SHEET_MAX_PANELS))
         payload = iio.imwrite("<bytes>", draw_sheet(view, hidden, setup, clip.title, idx), extension=".png")
         count = len(idx)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda fh: fh.write(payload))
     return ClipResult(out, count, n_frames, setup.mask, share, hidden, persons)
+
+
+def _write_mp4(out: Path, images: list[np.ndarray], fps: float) -> None:
+    """H.264 through imageio's ffmpeg plugin (the ``imageio-ffmpeg`` package of the [viz] extra), written to a
+    temporary file in the same folder and renamed."""
+    import os
+
+    import imageio.v2 as iio2
+
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise SkelError("--out *.mp4 needs imageio-ffmpeg: pip install 'skelcli[viz]' (or use .gif)") from None
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        iio2.mimwrite(tmp, images, fps=max(fps, 1.0), macro_block_size=2)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 __all__ = [
