@@ -68,6 +68,13 @@ class RuntimeSettings(StrictModel):
     max_per_device_batch: int | None = Field(
         None, ge=1, description="largest micro-batch per process; above it gradients are accumulated (global batch unchanged)"
     )
+    collapse_patience: int = Field(
+        3, ge=1, description="collapse alarm: a method's collapse indicator below its threshold for this many log intervals in a row"
+    )
+    collapse_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="override a method's collapse thresholds by metric name, e.g. {target_std_l1 = 0.2}; 0 = off"
+    )
+    stop_on_collapse: bool = Field(False, description="end the run at the collapse alarm, keeping the checkpoints written before it")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

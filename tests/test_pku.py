@@ -18,7 +18,7 @@ from skelcli.data.pku import (
     video_info,
 )
 from skelcli.data.prepare import prepare_dataset
-from skelcli.data.store import read_rejected, read_samples, split_indices
+from skelcli.data.store import open_info, read_rejected, read_samples, split_indices
 from skelcli.errors import SkelError
 
 PKU = Path(__file__).parent / "fixtures" / "pku"
@@ -75,9 +75,12 @@ def test_video_names():
 
 
 def test_label_mapping():
-    s = PkuPrepareSettings()
+    s = PkuPrepareSettings()  # the reference rule: always action_id - 1
     assert label_mapping([3, 12, 51], 51, s) == {3: 2, 12: 11, 51: 50}
-    assert label_mapping([60, 5], 51, s) == {5: 0, 60: 1}  # not in 1..51 -> contiguous remap
+    assert label_mapping([60, 5], 51, s) == {5: 4, 60: 59}
+    auto = PkuPrepareSettings(label_remap="auto")  # the previous default
+    assert label_mapping([3, 12, 51], 51, auto) == {3: 2, 12: 11, 51: 50}
+    assert label_mapping([60, 5], 51, auto) == {5: 0, 60: 1}  # not in 1..51 -> contiguous remap
 
 
 @pytest.mark.parametrize("spelling", ["hyphen", "underscore"])
@@ -117,6 +120,9 @@ def test_prepare_pku_v2_needs_v2_split_files(tmp_path):
     assert any("xview" in w for w in rep.warnings)
     ss = read_samples(tmp_path / "v2.h5", [0, 1])
     assert list(ss.labels) == [40, 0]
+    info = open_info(tmp_path / "v2.h5")  # the reference's 51 columns, ids 2..40 and 42..51 unused
+    assert info.num_classes == 51 and info.class_names[0] == "bow" and info.class_names[40] == "throw"
+    assert sum(n.endswith(" (unused)") for n in info.class_names) == 49
 
 
 def test_bad_label_row_is_skipped_not_the_video(tmp_path):

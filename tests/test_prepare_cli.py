@@ -233,4 +233,5 @@ def test_ntu_stores_carry_the_official_action_names(data_file):
     info = open_info(data_file)
     assert info.class_names == action_names("ntu60") and len(info.class_names) == 60
     assert info.class_names[0] == "drink water" and info.class_names[49] == "punching/slapping other person"
-    assert action_names("ntu120")[60] == "put on headphone" and action_names("pku-mmd-v1") is None
+    assert action_names("ntu120")[60] == "put on headphone" and action_names("pku-mmd-v2")[50] == "writing"
+    assert action_names("kinetics") is None

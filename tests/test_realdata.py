@@ -106,3 +106,28 @@ def test_real_pku_v1(tmp_path):
     # 0005-M, 0015-M are in the training list of cross-subject.txt; 0160-M too (line 2)
     info = open_info(out)
     assert sum(info.protocols["xsub"].values()) == 32
+
+
+def test_pku_action_names_equal_the_datasets_own_table():
+    """skelcli.data.actions.PKU_ACTIONS against PKU-MMD's Split/Actions.xlsx (read with the standard library)."""
+    _need(PKU / "Split" / "Actions.xlsx")
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    from skelcli.data.actions import PKU_ACTIONS
+
+    main = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+    with zipfile.ZipFile(PKU / "Split" / "Actions.xlsx") as z:
+        shared = [''.join(t.text or "" for t in si.iter(main + "t"))
+                  for si in ET.fromstring(z.read("xl/sharedStrings.xml")).findall(main + "si")]
+        rows = []
+        for row in ET.fromstring(z.read("xl/worksheets/sheet1.xml")).iter(main + "row"):
+            cells = []
+            for c in row.findall(main + "c"):
+                v = c.find(main + "v")
+                cells.append(None if v is None else shared[int(v.text)] if c.get("t") == "s" else v.text)
+            rows.append(cells)
+    assert rows[0][:2] == ["Label", "Action"]
+    table = {int(r[0]): r[1] for r in rows[1:]}
+    assert sorted(table) == list(range(1, 52))
+    assert [table[i] for i in range(1, 52)] == list(PKU_ACTIONS)

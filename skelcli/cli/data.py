@@ -42,6 +42,9 @@ def prepare(
         None, "--second-actor", help="Single-actor NTU samples: actor 2 = zeros (ntu60 default) or copy of actor 1 (ntu120 default)."
     ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    max_frames: Optional[int] = typer.Option(
+        None, "--max-frames", help="PKU-MMD: keep at most the first N frames of a clip (default 300, as the reference); 0 keeps every frame."
+    ),
     verify_inputs: VerifyInputs = typer.Option(
         VerifyInputs.stat, "--verify-inputs",
         help="How a re-run decides the raw files are unchanged (then it does nothing): stat = name, size and mtime; "
@@ -65,6 +68,12 @@ def prepare(
         raise SkelError("--second-actor applies to ntu60/ntu120 only")
     overrides = {"second_actor": second_actor.value} if second_actor is not None else {}
     settings = default_settings(kind.value, **overrides)
+    if max_frames is not None:
+        if not kind.value.startswith("pku"):
+            raise SkelError("--max-frames applies to pku-mmd-v1/pku-mmd-v2 only (NTU clips are never cut)")
+        if max_frames < 0:
+            raise SkelError(f"--max-frames must be 0 (keep every frame) or positive, got {max_frames}")
+        settings = settings.model_copy(update={"max_frames": max_frames or None})
     try:
         with sigterm_raises():
             report = prepare_dataset(kind.value, raw, out, settings, workers=workers, force=force, progress=True,

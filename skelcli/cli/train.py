@@ -35,6 +35,10 @@ def pretrain_cmd(
     max_device_batch: Optional[int] = typer.Option(
         None, "--max-device-batch", min=1, help="Largest micro-batch per process; above it gradients are accumulated."
     ),
+    stop_on_collapse: bool = typer.Option(
+        False, "--stop-on-collapse", help="End the run (exit code 3) when the collapse alarm fires, keeping the checkpoints written before it "
+        "(runtime.stop_on_collapse; thresholds: runtime.collapse_thresholds, runtime.collapse_patience)."
+    ),
 ) -> None:
     """Pretrain an encoder with a self-supervised method.
 
@@ -48,6 +52,8 @@ def pretrain_cmd(
 
     The run folder gets settings.json, metrics.jsonl, last.pt (every epoch) and checkpoint-NNNN.pt.
     Ctrl-C / SIGTERM saves last.pt at the next step and exits; --resume auto picks it up.
+    A collapse indicator (GFP target std, encoder feature std) below its threshold for
+    runtime.collapse_patience log intervals prints a red alarm and logs kind="collapse".
     """
     import os
     import sys
@@ -55,13 +61,14 @@ def pretrain_cmd(
     from rich.table import Table
 
     from skelcli.engine.config import resolve_pretrain_settings
-    from skelcli.engine.dist import LAUNCHED_ENV, init_distributed, quiet_non_main, relaunch_with_torchrun, shutdown, strip_option
+    from skelcli.engine.dist import init_distributed, quiet_non_main, relaunch_with_torchrun, shutdown, strip_option, worker_exit
     from skelcli.engine.train import pretrain
     from skelcli.viz.tensorboard import tensorboard_writer
     from skelcli.errors import SkelError
 
     settings = resolve_pretrain_settings(
-        method, preset, None, config, overrides, data, split, epochs=epochs, batch_size=batch_size, device=device, seed=seed
+        method, preset, None, config, overrides, data, split, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+        stop_on_collapse=True if stop_on_collapse else None,
     )
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         if "pretrain" not in sys.argv[1:]:
@@ -110,8 +117,16 @@ def pretrain_cmd(
     if json_out is not None and ctx.is_main:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"settings": json.loads(settings.model_dump_json()), "result": result.to_json()}, indent=2) + "\n")
+    if result.collapse_stopped:
+        where = (f"{escape(str(result.checkpoint))} ({result.epochs} epochs done)" if result.checkpoint
+                 else "none (no epoch finished before the alarm)")
+        console.print(f"[bold red]stopped on collapse[/]: {escape(result.collapse or '')}; last good checkpoint: {where}", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(worker_exit(3, ctx.rank))
+    if result.collapse is not None:
+        console.print(f"[bold red]collapse alarm[/]: {escape(result.collapse)} (see metrics.jsonl, kind=collapse)", highlight=False,
+                      soft_wrap=True)
     if result.interrupted is not None:
         console.print(f"[yellow]interrupted by {result.interrupted}[/]: checkpoint saved; continue with --resume auto "
                       f"--out {escape(str(result.run_dir))}")
-        # under `--nproc` the launcher reports the signal itself; a worker's non-zero code would make torchrun print a traceback
-        raise typer.Exit(0 if os.environ.get(LAUNCHED_ENV) else exit_code(result.interrupted))
+        raise typer.Exit(worker_exit(exit_code(result.interrupted), ctx.rank))

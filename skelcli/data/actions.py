@@ -1,8 +1,10 @@
-"""Action names of NTU RGB+D 60 / 120, in label order (label 0 = A001).
+"""Action names in label order: NTU RGB+D 60 / 120 (label 0 = A001) and PKU-MMD (label 0 = action id 1).
 
-Source: the dataset authors' list, github.com/shahroudy/NTURGB-D README, "Action Classes" (A1-A60 are
-NTU RGB+D 60, A1-A120 NTU RGB+D 120); typographic apostrophes written as ASCII. PKU-MMD's names are not
-carried: its files have no names to check them against, so its plots are labelled by class index.
+Sources: NTU, the dataset authors' list (github.com/shahroudy/NTURGB-D README, "Action Classes"; A1-A60
+are NTU RGB+D 60, A1-A120 NTU RGB+D 120), typographic apostrophes written as ASCII. PKU-MMD, the
+``Split/Actions.xlsx`` table shipped with the dataset (ids 1..51, one list for phases I and II; the
+interactions are ids 12, 14, 16, 18, 21, 24, 26, 27); ``tests/test_realdata.py`` checks it against that
+file when ``../shared/realdata`` is present.
 """
 
 from __future__ import annotations
@@ -131,10 +133,67 @@ NTU120_ACTIONS: tuple[str, ...] = (
 )
 
 
+PKU_ACTIONS: tuple[str, ...] = (
+    'bow',
+    'brushing hair',
+    'brushing teeth',
+    'check time (from watch)',
+    'cheer up',
+    'clapping',
+    'cross hands in front (say stop)',
+    'drink water',
+    'drop',
+    'eat meal/snack',
+    'falling',
+    'giving something to other person',
+    'hand waving',
+    'handshaking',
+    'hopping (one foot jumping)',
+    'hugging other person',
+    'jump up',
+    'kicking other person',
+    'kicking something',
+    'make a phone call/answer phone',
+    'pat on back of other person',
+    'pickup',
+    'playing with phone/tablet',
+    'point finger at the other person',
+    'pointing to something with finger',
+    'punching/slapping other person',
+    'pushing other person',
+    'put on a hat/cap',
+    'put something inside pocket',
+    'reading',
+    'rub two hands together',
+    'salute',
+    'sitting down',
+    'standing up',
+    'take off a hat/cap',
+    'take off glasses',
+    'take off jacket',
+    'take out something from pocket',
+    'taking a selfie',
+    'tear up paper',
+    'throw',
+    'touch back (backache)',
+    'touch chest (stomachache/heart pain)',
+    'touch head (headache)',
+    'touch neck (neckache)',
+    'typing on a keyboard',
+    'use a fan (with hand or paper)/feeling warm',
+    'wear jacket',
+    'wear on glasses',
+    'wipe face',
+    'writing',
+)
+
+
 def action_names(dataset: str) -> list[str] | None:
-    """The class names of ``dataset`` (ntu60 -> 60 names, ntu120 -> 120), None when unknown."""
+    """The class names of ``dataset`` (ntu60 -> 60 names, ntu120 -> 120, pku-mmd-v1 / -v2 -> 51), None when unknown."""
+    if dataset.startswith("pku"):
+        return list(PKU_ACTIONS)
     n = {"ntu60": 60, "ntu120": 120}.get(dataset)
     return None if n is None else list(NTU120_ACTIONS[:n])
 
 
-__all__ = ["NTU120_ACTIONS", "action_names"]
+__all__ = ["NTU120_ACTIONS", "PKU_ACTIONS", "action_names"]

@@ -413,7 +413,9 @@ def _pku_job(args) -> tuple:
 
 
 def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress, rejected, t0, verify_inputs, notes) -> PrepareReport:
-    from skelcli.data.pku import NUM_CLASSES, SPLIT_FILE_RE, label_mapping, read_labels, read_split_file, video_info
+    from skelcli.data.pku import (
+        NUM_CLASSES, SPLIT_FILE_RE, class_names, label_mapping, read_labels, read_split_file, store_num_classes, video_info,
+    )
     from skelcli.data.store import Sample, write_store
 
     skel_dirs, label_dirs = set(settings.skeleton_dirs), set(settings.label_dirs)
@@ -476,9 +478,10 @@ def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress,
             rejected.append((v, f"unreadable label file: {exc.strerror}"))
         rejected.extend((f"{v} label", f"bad label row, skipped: {msg}") for msg in bad_rows)
     mapping = label_mapping([a for rows in labels.values() for a, _, _ in rows], NUM_CLASSES[kind], settings)
-    num_classes = max(NUM_CLASSES[kind], len(mapping)) if mapping and max(mapping.values()) >= NUM_CLASSES[kind] else NUM_CLASSES[kind]
+    num_classes = store_num_classes(mapping, NUM_CLASSES[kind], settings)
     train_sets = {proto: read_split_file(p) for proto, p in chosen.items()}
     stats = {"bytes": 0, "frames": []}
+    cut = {"clips": 0, "longest": 0}
 
     def samples() -> Iterator[Sample]:
         jobs = [(v, str(skeletons[v]), labels[v], settings) for v in videos if v in labels]
@@ -495,7 +498,13 @@ def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress,
                 for c in clips:
                     seq, view = video_info(c.video, kind)
                     stats["frames"].append(len(c.joints))
+                    if c.raw_frames > len(c.joints):
+                        cut["clips"] += 1
+                        cut["longest"] = max(cut["longest"], c.raw_frames)
                     yield Sample(c.name, c.joints, mapping[c.action], seq, view, -1, -1, c.num_actors)
+        # write_store serialises the preprocessing attrs after the last sample: record the cut here.
+        preprocessing["clips_cut_to_max_frames"] = cut["clips"]
+        preprocessing["longest_cut_clip"] = cut["longest"]
 
     def splits(names_written, meta_arr):
         vids = np.array([n.rsplit("_", 1)[0] for n in names_written], dtype=object)
@@ -519,11 +528,17 @@ def _prepare_pku(kind, raw_dirs, files, out, settings, workers, force, progress,
         "settings": settings.model_dump(),
         "centered": settings.centered,
         "label_map": {str(k): v for k, v in mapping.items()},
+        "label_rule": "action_id - 1" if settings.label_remap == "never" else "auto (action_id - 1, or sorted ids -> 0..k-1)",
+        "max_frames": settings.max_frames,
         "spec": "spec/mamp-and-data.md F",
         "layout": "(frames, 2, 25, 3) metres, raw Kinect camera coordinates",
     }
-    n = _write_nonempty(write_store, out, samples(), kind, num_classes, splits, rejected, preprocessing, source)
+    n = _write_nonempty(write_store, out, samples(), kind, num_classes, splits, rejected, preprocessing, source,
+                        names=class_names(mapping, num_classes))
     rep = _report(kind, out, n, rejected, 0, stats, len(videos), workers, t0, None)
+    if cut["clips"]:
+        warnings.append(f"{cut['clips']} clip(s) longer than max_frames={settings.max_frames} (up to {cut['longest']} frames) "
+                        "keep their first max_frames frames, as the reference does")
     rep.warnings.extend(warnings)
     return rep
 
@@ -533,7 +548,8 @@ class _NothingValid(Exception):
     pass
 
 
-def _write_nonempty(write_store, out, samples, kind, num_classes, splits, rejected, preprocessing, source) -> int:
+def _write_nonempty(write_store, out, samples, kind, num_classes, splits, rejected, preprocessing, source, names=None) -> int:
+    """write_store with ``names`` (default: the dataset's action names) as class_names; SkelError when nothing valid."""
     from skelcli.data.actions import action_names
 
     def guarded():
@@ -547,7 +563,7 @@ def _write_nonempty(write_store, out, samples, kind, num_classes, splits, reject
     try:
         return write_store(
             out, guarded(), dataset=kind, num_classes=num_classes, splits=splits, rejected=lambda: rejected,
-            preprocessing=preprocessing, source=source, force=True, class_names=action_names(kind),
+            preprocessing=preprocessing, source=source, force=True, class_names=names if names is not None else action_names(kind),
         )
     except _NothingValid:
         reasons = _count_reasons(rejected)

@@ -55,6 +55,7 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "precision": ("runtime", "precision"),
     "compile": ("runtime", "compile"),
     "seed": ("runtime", "seed"),
+    "stop_on_collapse": ("runtime", "stop_on_collapse"),
 }
 
 

@@ -237,14 +237,25 @@ def register_worker(rank: int) -> None:
         Path(folder, f"rank-{rank}.pid").write_text(str(os.getpid()))
 
 
+def worker_exit(code: int, rank: int) -> int:
+    """The exit code a finished command should return. Under ``--nproc`` a worker records ``code`` for the
+    launcher and returns 0: a non-zero worker makes torchrun print its ChildFailedError traceback."""
+    folder = os.environ.get(LAUNCHED_ENV)
+    if not folder or code == 0:
+        return code
+    Path(folder, f"rank-{rank}.exit").write_text(str(code))
+    return 0
+
+
 def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:
     """Run ``python -m torch.distributed.run --standalone --nproc-per-node N -m skelcli ...`` and exit with its outcome.
 
     ``argv`` is the command line after the program name with the ``--nproc`` option removed. Used by
     ``skel pretrain --nproc N`` as a convenience. torchrun runs in its own session; SIGINT / SIGTERM
     reaching this launcher are forwarded to the workers themselves (torchrun, signalled directly, stops
-    its workers and exits 1 with a traceback). The workers checkpoint, exit 0, torchrun ends quietly,
-    and this process exits 130 / 143 like a single-process run.
+    its workers and exits 1 with a traceback). The workers checkpoint, record their exit code
+    (:func:`worker_exit`) and exit 0, torchrun ends quietly, and this process exits with the recorded code
+    (130 / 143 like a single-process run, 3 after a collapse stop).
     """
     import signal
     import subprocess
@@ -262,6 +273,7 @@ def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:
         received.append(signum)
         forwarded.clear()  # a second Ctrl-C goes to every worker again
 
+    recorded: list[int] = []
     with tempfile.TemporaryDirectory(prefix="skel-launch-") as folder:
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -280,8 +292,11 @@ def relaunch_with_torchrun(nproc: int, argv: list[str] | None = None) -> None:
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
+        recorded = [int(f.read_text() or 0) for f in sorted(Path(folder).glob("rank-*.exit"))]
     code = child.returncode
-    if received and code == 0:
+    if code == 0 and recorded:  # the workers' own code (e.g. 143 after a signal, 3 after a collapse stop)
+        code = max(recorded)
+    elif received and code == 0:
         code = 130 if received[-1] == signal.SIGINT else 143
     raise SystemExit(code)
 

@@ -18,6 +18,12 @@ rules in :func:`~skelcli.engine.rundir.open_run`):
   every ``checkpoint_every`` epochs and at the end. Checkpoints hold everything needed for an exact
   resume (model, optimizer, schedule, RNG states, epoch, step, batches done in the epoch).
 
+Collapse alarm: each method names collapse indicators among its ``log_metrics`` keys with thresholds
+(``collapse_indicators``; GFP target std per level, MAE / MAMP / SLiM encoder feature std). One below its
+threshold for ``runtime.collapse_patience`` log rows in a row logs ``kind="collapse"`` once, prints a red
+console line and sets ``TrainResult.collapse``; with ``runtime.stop_on_collapse`` the run ends at once
+without saving, so ``last.pt`` and the numbered checkpoints stay the ones written before the alarm.
+
 Resume restores all of that and replays the same data order (``loader.set_epoch``; a mid-epoch
 checkpoint skips the batches already trained on), so on CPU with a fixed seed a resumed run ends
 with the same parameters as an uninterrupted one. Under DDP rank 0 alone prints, logs and writes
@@ -48,7 +54,8 @@ from skelcli.errors import SkelError
 from skelcli.settings import to_jsonable
 
 # Fields that may change between a run and its resume without making it "a different configuration".
-_VOLATILE = {("runtime", "device"), ("runtime", "precision"), ("runtime", "compile"), ("runtime", "log_every")}
+_VOLATILE = {("runtime", "device"), ("runtime", "precision"), ("runtime", "compile"), ("runtime", "log_every"),
+             ("runtime", "collapse_patience"), ("runtime", "collapse_thresholds"), ("runtime", "stop_on_collapse")}
 
 
 @dataclass
@@ -73,6 +80,8 @@ class TrainResult:
     accumulation: int = 1
     complete: bool = False  # the checkpoint resumed from had finished every epoch: nothing was done
     notes: list[str] = field(default_factory=list)  # what the run folder handling did (stale lock, log cut, files moved)
+    collapse: str | None = None  # the collapse alarm, if it fired: which indicator, its value and threshold, the step
+    collapse_stopped: bool = False  # runtime.stop_on_collapse ended the run at the alarm (no checkpoint of that state)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -130,6 +139,35 @@ def _call(callbacks, event: str, info: dict[str, Any]) -> None:
         fn = getattr(cb, event, None)
         if fn is not None:
             fn(info)
+
+
+class CollapseWatch:
+    """The collapse alarm: counts, per indicator (a ``log_metrics`` key of the method, see
+    ``PretrainMethod.collapse_indicators``), the log rows in a row whose value is below its threshold.
+
+    ``overrides`` (``runtime.collapse_thresholds``) replace a method's thresholds by key; 0 turns one off.
+    """
+
+    def __init__(self, indicators: dict[str, float], overrides: dict[str, float], patience: int, method: str) -> None:
+        unknown = sorted(set(overrides) - set(indicators))
+        if unknown:
+            raise SkelError(f"runtime.collapse_thresholds: {', '.join(unknown)} is not a collapse indicator of {method}; "
+                            f"it has: {', '.join(sorted(indicators)) or 'none'}")
+        self.thresholds = {k: float(v) for k, v in {**indicators, **overrides}.items() if v > 0}
+        self.patience = patience
+        self.below: dict[str, int] = {k: 0 for k in self.thresholds}
+
+    def check(self, metrics: dict[str, float]) -> tuple[str, float, float] | None:
+        """Count one log row; (key, value, threshold) of the first indicator now below its threshold
+        for ``patience`` rows in a row, else None. A missing or non-finite value resets the count."""
+        hit = None
+        for key, threshold in self.thresholds.items():
+            value = metrics.get(key)
+            low = value is not None and math.isfinite(value) and value < threshold
+            self.below[key] = self.below[key] + 1 if low else 0
+            if hit is None and self.below[key] >= self.patience:
+                hit = (key, float(value), threshold)
+        return hit
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -331,6 +369,9 @@ class _PretrainLoop:
             self.model_fn = self.ddp
         if cfg.runtime.compile:
             self.model_fn = torch.compile(self.model_fn)
+        self.watch = CollapseWatch(self.method.collapse_indicators(), cfg.runtime.collapse_thresholds,
+                                   cfg.runtime.collapse_patience, cfg.method.name)
+        self.collapse: str | None = None
 
     # ------------------------------------------------------------ checkpoints
     def restore(self, ckpt: dict[str, Any], force: bool) -> tuple[int, int]:
@@ -410,6 +451,32 @@ class _PretrainLoop:
         terms["loss"] = loss_value
         return loss_value, terms, lr, wait
 
+    # ------------------------------------------------------------ collapse alarm
+    def check_collapse(self, metrics: dict[str, float], epoch: int, console: Any) -> bool:
+        """After a logged step row: update the collapse counters; on the first alarm log a
+        ``kind="collapse"`` row and a red console line and set ``self.collapse``. Every rank takes part
+        (the alarm fires everywhere when any rank's values tripped). True when the run must stop now."""
+        from skelcli.engine.dist import any_rank
+
+        if not self.watch.thresholds or self.collapse is not None:
+            return False
+        hit = self.watch.check(metrics)
+        if not any_rank(hit is not None, self.ctx):
+            return False
+        key, value, threshold = hit if hit is not None else ("an indicator on another process", float("nan"), float("nan"))
+        self.collapse = (f"{key} = {value:.4g} below {threshold:g} for {self.watch.patience} log intervals "
+                         f"(step {self.step}, epoch {epoch})")
+        self.run_dir.log({"kind": "collapse", "epoch": epoch, "step": self.step, "key": key, "value": value,
+                          "threshold": threshold, "patience": self.watch.patience})
+        stop = self.cfg.runtime.stop_on_collapse
+        if console is not None:
+            from rich.markup import escape
+
+            then = ("stopping (--stop-on-collapse): no checkpoint of this state is written" if stop
+                    else "training goes on; --stop-on-collapse ends the run here")
+            console.print(f"[bold red]COLLAPSE ALARM[/] [red]{escape(self.collapse)}; {then}[/]", highlight=False, soft_wrap=True)
+        return stop
+
     # ------------------------------------------------------------ the epochs
     def run(self, ckpt: dict[str, Any] | None, resume_path: Path | None, force: bool, progress: bool | str) -> TrainResult:
         from skelcli.engine.dist import any_rank
@@ -441,6 +508,7 @@ class _PretrainLoop:
         samples_seen, wait_total = 0, 0.0
         t_start = time.perf_counter()
         interrupted: str | None = None
+        collapse_stop = False
         epochs_done = start_epoch
         steps_per_epoch = self.steps_per_epoch
         batches = _micro_batches(self.loader, self.step, self.data_steps, plan.accumulation)  # resume replays the data order
@@ -453,6 +521,7 @@ class _PretrainLoop:
                     window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
                     batch_in_epoch = skip_steps
                     stop_agreed = False
+                    collapse_stop = False
                     while batch_in_epoch < steps_per_epoch:
                         loss_value, terms, lr, wait = self.train_step(batches, epoch)
                         batch_in_epoch += 1
@@ -467,11 +536,15 @@ class _PretrainLoop:
                         if self.step % cfg.runtime.log_every == 0 or batch_in_epoch == steps_per_epoch:
                             dt = max(time.perf_counter() - window_t0, 1e-9)
                             rate = window_samples / dt
+                            extra = self.method.log_metrics()
                             log({"kind": "step", "epoch": epoch, "step": self.step, **terms, "lr": lr, "samples_per_s": rate,
-                                 "data_wait_share": window_wait / dt, **self.method.log_metrics()})
+                                 "data_wait_share": window_wait / dt, **extra})
                             if bar is not None:
                                 bar.update(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f} samples/s")
                             window_t0, window_wait, window_samples = time.perf_counter(), 0.0, 0
+                            if self.check_collapse(extra, epoch, console):
+                                collapse_stop = True  # the same step on every rank (check_collapse agrees)
+                                break
                         if bar is not None:
                             bar.update(completed=self.step)
                         line = projector.after(self.step)
@@ -484,6 +557,10 @@ class _PretrainLoop:
                             interrupted = stop.received or "SIGTERM"
                             break
                     skip_steps = 0
+                    if collapse_stop:  # no save: last.pt and the numbered checkpoints stay the ones before the alarm
+                        log({"kind": "stopped", "epoch": epoch, "step": self.step, "reason": "collapse",
+                             "checkpoint": None if self.last_ckpt is None else str(self.last_ckpt)})
+                        break
                     if interrupted is not None:
                         self.last_ckpt = self.save(self.run_dir.path / "last.pt", epoch, batch_in_epoch)
                         log({"kind": "interrupted", "epoch": epoch, "step": self.step, "signal": interrupted})
@@ -516,7 +593,8 @@ class _PretrainLoop:
             seconds=seconds, samples_per_s=samples_seen / max(seconds, 1e-9), data_wait_share=wait_total / max(seconds, 1e-9),
             checkpoint=self.last_ckpt, interrupted=interrupted, resumed_from=resume_path, world_size=ctx.world_size,
             global_batch=plan.global_batch, per_process_batch=plan.per_process, accumulation=plan.accumulation,
+            collapse=self.collapse, collapse_stopped=collapse_stop,
         )
 
 
-__all__ = ["TrainResult", "pretrain", "find_resume_checkpoint", "move_aside", "data_fingerprint"]
+__all__ = ["CollapseWatch", "TrainResult", "pretrain", "find_resume_checkpoint", "move_aside", "data_fingerprint"]

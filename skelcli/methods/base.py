@@ -137,3 +137,9 @@ class PretrainMethod(nn.Module):
     def log_metrics(self) -> dict[str, float]:
         """Extra per-step scalars to log (e.g. GFP target std); empty by default."""
         return {}
+
+    def collapse_indicators(self) -> dict[str, float]:
+        """Which :meth:`log_metrics` keys signal a representation collapse, with the threshold below
+        which a value counts as collapsed (the engine's collapse alarm, ``runtime.collapse_patience``
+        log intervals in a row). Empty by default: no alarm."""
+        return {}

@@ -116,6 +116,18 @@ def normalize_patches(y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (y - mean) / torch.sqrt(var + eps)
 
 
+FEATURE_STD_THRESHOLD = 1e-3  # collapse alarm on ``feature_std`` (see MaskedSkeletonModel.collapse_indicators)
+
+
+def pooled_feature_std(feats: torch.Tensor) -> torch.Tensor | None:
+    """Std over the batch of the token-mean features, averaged over dims; detached, fp32. feats: (B, L, D).
+    None for a batch of one row (no std)."""
+    pooled = feats.detach().float().mean(dim=1)
+    if pooled.shape[0] < 2:
+        return None
+    return pooled.std(dim=0).mean()
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error per token, averaged over masked tokens only (spec A.8).
 
@@ -135,6 +147,7 @@ class MaskedSkeletonModel(PretrainMethod):
         super().__init__(settings, data)
         enc = settings.encoder
         self.decoder = MaskedDecoder(enc.dim, enc.num_segments, enc.num_joints, enc.t_patch * enc.in_chans, settings.decoder)
+        self._feature_std: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- hooks
     def target(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +173,7 @@ class MaskedSkeletonModel(PretrainMethod):
                 target = normalize_patches(target, self.settings.norm_eps)
             mask = self.make_mask(x)
         latent = self.encoder.forward_features(x, ids_keep=mask.ids_keep)
+        self._feature_std = pooled_feature_std(latent)
         pred = self.decoder(latent, mask.ids_restore)
         loss = masked_mse(pred, target, mask.mask)
         return {"loss": loss, "pred": pred, "target": target, "mask": mask.mask}
@@ -167,6 +181,15 @@ class MaskedSkeletonModel(PretrainMethod):
     def forward(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
         out = self.reconstruct(self.view(batch))
         return {"loss": out["loss"]}
+
+    def log_metrics(self) -> dict[str, float]:
+        """``feature_std``: std over the batch of the token-mean encoder output, mean over dims (collapse -> 0)."""
+        return {} if self._feature_std is None else {"feature_std": float(self._feature_std)}
+
+    def collapse_indicators(self) -> dict[str, float]:
+        # Measured healthy (tests' TINY CLI runs, small preset, 30 steps, CPU): MAE 0.20-0.65, MAMP 0.18-0.64;
+        # an encoder mapping every clip to the same output gives 0. Threshold 1e-3: two orders below.
+        return {"feature_std": FEATURE_STD_THRESHOLD}
 
 
 @register

@@ -45,7 +45,7 @@ NOT_CURVES = ("kind", "epoch", "step", "nonfinite")
 ENGINE_KEYS = ("lr", "samples_per_s", "data_wait_share")
 #: Name prefixes of the methods' monitored statistics (GFP target std per level, SLiM teacher
 #: temperature and EMA momentum, any entropy).
-STAT_PREFIXES = ("target_std", "teacher_", "ema_", "entropy")
+STAT_PREFIXES = ("target_std", "teacher_", "ema_", "entropy", "feature_std")
 #: File formats the figure may be written in, by the suffix of ``out``.
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
