@@ -59,7 +59,9 @@ class RuntimeSettings(StrictModel):
     """Where and how the training loop runs."""
 
     device: Device = "auto"
-    precision: Precision = "auto"
+    precision: Precision = Field(
+        "auto", description="auto = fp32 on CPU, the method's recipe precision on CUDA (engine.dist.resolve_precision); fp32; bf16 autocast"
+    )
     compile: bool = False
     seed: int = 0
     checkpoint_every: int = Field(20, ge=1, description="numbered checkpoint every N epochs (last.pt every epoch)")

@@ -56,15 +56,51 @@ def resolve_device(preference: str | torch.device = "auto", local_rank: int = 0)
     return torch.device("cpu")
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast for ``bf16`` (and for ``auto`` on CUDA, DESIGN.md); plain fp32 otherwise."""
-    from contextlib import nullcontext
+#: Precisions a run may ask for (``runtime.precision``, ``FinetuneSettings.precision``).
+REQUESTABLE_PRECISIONS = ("auto", "fp32", "bf16")
+#: Precisions a recipe may name (a method's ``recipe_precision``): what the paper's code trains in.
+RECIPE_PRECISIONS = ("fp32", "bf16", "fp16")
 
+
+def resolve_precision(requested: str, device: torch.device | str, recipe: str, bf16_supported: bool | None = None) -> str:
+    """The precision a run actually uses: ``"fp32"`` or ``"bf16"`` (bf16 autocast). The one rule,
+    shared by pretraining and fine-tuning:
+
+    * ``fp32`` / ``bf16`` asked explicitly: that, on any device (CPU autocast supports bf16).
+    * ``auto`` on CPU: ``fp32``, whatever the recipe.
+    * ``auto`` on CUDA: the recipe's precision. ``fp32`` recipes (MAE, MAMP, GFP, MAMP fine-tuning)
+      stay fp32. ``bf16`` and ``fp16`` recipes (SLiM trains in fp16 AMP with a grad scaler) run bf16
+      autocast when the GPU supports bf16, else fp32: bf16 has fp32's exponent range, so it needs no
+      loss scaling, and the engine has no GradScaler, which fp16 autocast needs for its backward.
+    * ``fp16`` asked explicitly is refused for the same reason (one-line SkelError).
+
+    device: a torch.device or a device type ("cpu", "cuda", "cuda:1"), so the table is testable
+    without a GPU. bf16_supported: None = ask torch (``torch.cuda.is_bf16_supported()``).
+    """
     from skelcli.errors import SkelError
 
-    if precision not in ("auto", "fp32", "bf16"):
-        raise SkelError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if recipe not in RECIPE_PRECISIONS:
+        raise SkelError(f"unknown recipe precision {recipe!r}; use one of {', '.join(RECIPE_PRECISIONS)}")
+    if requested == "fp16":
+        raise SkelError("precision 'fp16' is not supported (the engine has no GradScaler for fp16 autocast); use bf16, fp32 or auto")
+    if requested not in REQUESTABLE_PRECISIONS:
+        raise SkelError(f"unknown precision {requested!r}; use auto, fp32 or bf16")
+    if requested != "auto":
+        return requested
+    device_type = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    if device_type != "cuda" or recipe == "fp32":
+        return "fp32"
+    if bf16_supported is None:
+        bf16_supported = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return "bf16" if bf16_supported else "fp32"
+
+
+def autocast_context(device: torch.device, precision: str, recipe: str = "fp32"):
+    """bf16 autocast when :func:`resolve_precision` gives ``bf16`` (``recipe`` decides ``auto`` on CUDA);
+    plain fp32 otherwise."""
+    from contextlib import nullcontext
+
+    if resolve_precision(precision, device, recipe) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 

@@ -2,8 +2,10 @@
 
 ``pretrain(settings, out_dir)`` builds the method from the registry, reads the training split with
 ``ClipDataset.from_store`` / ``ClipLoader``, and runs AdamW (``method.param_groups``) with a
-per-iteration warmup + cosine (:class:`~skelcli.engine.schedule.LRSchedule`), bf16 autocast on CUDA
-(fp32 on CPU), optional ``torch.compile`` and gradient clipping.
+per-iteration warmup + cosine (:class:`~skelcli.engine.schedule.LRSchedule`), autocast in the precision
+:func:`~skelcli.engine.dist.resolve_precision` gives (``auto``: fp32 on CPU, the method's recipe on CUDA;
+printed in the "effective" line, logged in the ``setup`` row, saved as the checkpoint's ``precision``),
+optional ``torch.compile`` and gradient clipping.
 
 Run folder ``out_dir`` (a :class:`~skelcli.engine.rundir.RunDir`: locked while the run writes, refusal
 rules in :func:`~skelcli.engine.rundir.open_run`):
@@ -46,7 +48,7 @@ import torch
 
 from skelcli.engine.checkpoint import save_checkpoint
 from skelcli.engine.config import PretrainSettings
-from skelcli.engine.dist import autocast_context, resolve_device
+from skelcli.engine.dist import autocast_context, resolve_device, resolve_precision
 from skelcli.engine.rng import rng_state, seed_everything, set_rng_state
 from skelcli.engine.rundir import RunDir, StopSignal, open_run
 from skelcli.engine.schedule import LRSchedule
@@ -340,7 +342,11 @@ class _PretrainLoop:
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.runtime.seed)  # same init on every rank
-        self.method = get_method(cfg.method.name)(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
+        method_cls = get_method(cfg.method.name)
+        self.method = method_cls(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
+        # runtime.precision resolved against the method's recipe (auto: fp32 on CPU, the recipe on CUDA)
+        self.recipe_precision = method_cls.recipe_precision
+        self.precision = resolve_precision(cfg.runtime.precision, device, self.recipe_precision)
         self.method.data_settings = cfg.data
         if hasattr(self.method, "run_epochs"):  # methods that turn step/total_steps into epochs (SLiM temperatures)
             self.method.run_epochs = cfg.optim.epochs
@@ -401,7 +407,7 @@ class _PretrainLoop:
                 "epoch": epochs_done, "step": self.step, "batch_in_epoch": batch_in_epoch,
                 "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
-                "world_size": self.ctx.world_size,
+                "world_size": self.ctx.world_size, "precision": self.precision,
             })
         barrier(self.ctx)
         return path
@@ -428,7 +434,7 @@ class _PretrainLoop:
             )
             sync = self.ddp.no_sync() if (self.ddp is not None and k < accum - 1) else nullcontext()
             with sync:
-                with autocast_context(self.device, cfg.runtime.precision):
+                with autocast_context(self.device, self.precision):
                     out = self.model_fn(batch)
                 loss = out["loss"]
                 (loss / accum).backward()
@@ -488,12 +494,14 @@ class _PretrainLoop:
             log({"kind": "resume", "from": str(resume_path), "epoch": start_epoch, "step": self.step})
         log({"kind": "setup", "world_size": ctx.world_size, "global_batch": plan.global_batch, "per_process_batch": plan.per_process,
              "micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "lr": cfg.optim.lr,
-             "steps_per_epoch": self.steps_per_epoch, "backend": ctx.backend, "device": str(self.device)})
+             "steps_per_epoch": self.steps_per_epoch, "backend": ctx.backend, "device": str(self.device),
+             "precision": self.precision, "precision_requested": cfg.runtime.precision, "recipe_precision": self.recipe_precision})
         console = self.console if ctx.is_main else None
         if console is not None:
             console.print(
                 f"[bold]effective[/]: world size {ctx.world_size} ({ctx.backend or 'single process'}, {self.device}), "
-                f"{plan.describe()}, lr {cfg.optim.lr:g} (not scaled by the process count), {self.steps_per_epoch} steps/epoch",
+                f"{plan.describe()}, lr {cfg.optim.lr:g} (not scaled by the process count), {self.steps_per_epoch} steps/epoch, "
+                f"precision {self.precision} ({cfg.runtime.precision}; recipe {self.recipe_precision})",
                 highlight=False,
             )
         bar = None

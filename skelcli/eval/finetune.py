@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ class FinetuneSettings(StrictModel):
     val_fraction: float = Field(0.0, ge=0, lt=1)
     from_scratch: bool = False
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = fp32 on CPU and, following the MAMP fine-tuning recipe (no AMP), fp32 on CUDA too; bf16 autocast"
+    )
     eval_batch_size: int = Field(128, ge=1)
 
     @classmethod
@@ -126,26 +129,33 @@ def carve_validation(indices: np.ndarray, fraction: float, seed: int) -> tuple[n
 
 
 # ------------------------------------------------------------------------------------ training
-def evaluate_logits(model: torch.nn.Module, split, *, batch_size: int, device: torch.device, test_crop: float) -> np.ndarray:
-    """Logits (n, classes) of a split under the test view (centre crop, no rotation)."""
+def evaluate_logits(model: torch.nn.Module, split, *, batch_size: int, device: torch.device, test_crop: float,
+                    precision: str = "auto") -> np.ndarray:
+    """Logits (n, classes) of a split under the test view (centre crop, no rotation), in ``precision``
+    (resolved by :func:`_autocast`)."""
     from skelcli.data.clips import test_view
     from skelcli.eval.features import iter_batches
 
     model.eval()
     frames = model.encoder.config.num_frames
     out = []
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), _autocast(device, precision):
         for idx in iter_batches(len(split), batch_size):
             batch = split.batch(idx, device)
             out.append(model(test_view(batch, frames, test_crop)).float().cpu().numpy())
     return np.concatenate(out, axis=0)
 
 
-def _autocast(device: torch.device):
-    """bf16 on CUDA, fp32 on CPU (the engine's "auto" precision)."""
+#: The MAMP fine-tuning recipe trains without AMP (spec/mamp-and-data.md C.2).
+FINETUNE_RECIPE_PRECISION = "fp32"
+
+
+def _autocast(device: torch.device, precision: str = "auto"):
+    """Autocast for ``precision`` resolved by the engine's rule against the fine-tuning recipe
+    (:func:`skelcli.engine.dist.resolve_precision`): ``auto`` is fp32 on CPU and on CUDA."""
     from skelcli.engine.dist import autocast_context
 
-    return autocast_context(device, "auto")
+    return autocast_context(device, precision, FINETUNE_RECIPE_PRECISION)
 
 
 def finetune_once(
@@ -181,7 +191,8 @@ def finetune_once(
     ``notify`` receives the projected run time on a CPU once the first steps are timed.
     """
     from skelcli.data.clips import train_view
-    from skelcli.engine.dist import all_gather_objects, any_rank, barrier, context_of_group, init_distributed, quiet_non_main
+    from skelcli.engine.dist import (all_gather_objects, any_rank, barrier, context_of_group, init_distributed, quiet_non_main,
+                                     resolve_precision)
     from skelcli.engine.schedule import LRSchedule
     from skelcli.eval.features import iter_batches, resolve_device
     from skelcli.eval.heads import FinetuneModel, finetune_param_groups, head_config_for
@@ -255,6 +266,7 @@ def finetune_once(
                 "method": "finetune", "settings": run_settings or {}, "seed": seed, "epoch": epochs_done, "step": step,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "order_rng": order_rng.bit_generator.state, "rng_ranks": rng_ranks, "loop": loop,
+                "precision": resolve_precision(s.precision, dev, FINETUNE_RECIPE_PRECISION),
             })
         barrier(ctx)
 
@@ -276,7 +288,7 @@ def finetune_once(
             batch = train.batch(rows, dev)
             views = train_view(batch, frames, aug, generator=gen)
             sched.apply(step)
-            with _autocast(dev):
+            with _autocast(dev, s.precision):
                 logits = forward(views)
             loss = torch.nn.functional.cross_entropy(logits.float(), batch.label, label_smoothing=s.label_smoothing)
             if not torch.isfinite(loss):
@@ -293,14 +305,14 @@ def finetune_once(
                 save(epoch, b + 1, perm, losses)
                 return {"interrupted": stop.received or "SIGTERM", "epoch": epoch, "steps": step}
         st.update(batch_in_epoch=0, perm=None, losses=[])
-        logits = evaluate_logits(model, test, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop)
+        logits = evaluate_logits(model, test, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop, precision=s.precision)
         top1 = float((logits.argmax(1) == test.labels).mean())
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
         st["last_logits"] = torch.from_numpy(logits)
         if top1 > st["best_top1"]:
             st.update(best_logits=st["last_logits"], best_top1=top1, best_epoch=epoch + 1)
         if val is not None and len(val):
-            vl = evaluate_logits(model, val, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop)
+            vl = evaluate_logits(model, val, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop, precision=s.precision)
             row["val_top1"] = float((vl.argmax(1) == val.labels).mean())
             if row["val_top1"] > st["sel_val"]:
                 st.update(sel_val=row["val_top1"], sel_epoch=epoch + 1, sel_test=top1)
@@ -331,7 +343,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 #: Settings that may change between a fine-tuning run and its resume.
-_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size")}
+_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size"), ("finetune", "precision")}
 
 
 def _repeat_dirs(out_dir: Path, repeats: int) -> list[Path]:

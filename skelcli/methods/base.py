@@ -87,6 +87,10 @@ class PretrainMethod(nn.Module):
     name: ClassVar[str]
     settings_cls: ClassVar[type]
     pretraining_only: ClassVar[tuple[str, ...]] = ()
+    #: The precision the method's official recipe trains in ("fp32", "bf16" or "fp16"); what
+    #: ``runtime.precision = "auto"`` follows on CUDA (:func:`skelcli.engine.dist.resolve_precision`).
+    #: A class attribute, not a settings field, so run folders written before it still resume.
+    recipe_precision: ClassVar[str] = "fp32"
 
     def __init__(self, settings: Any, data: DatasetInfo) -> None:
         super().__init__()

@@ -335,6 +335,9 @@ class GFP(PretrainMethod):
     name: ClassVar[str] = "gfp"
     settings_cls: ClassVar[type] = GfpSettings
     pretraining_only: ClassVar[tuple[str, ...]] = ("decoder", "tgn")
+    #: [INFERRED] The GFP paper names no precision; its recipe is MAMP's (spec/gfp.md 4.1), and MAMP's
+    #: scripts train in fp32, so fp32 is the faithful default.
+    recipe_precision: ClassVar[str] = "fp32"
 
     def __init__(self, settings: GfpSettings, data: DatasetInfo) -> None:
         super().__init__(settings, data)

@@ -142,6 +142,8 @@ class MaskedSkeletonModel(PretrainMethod):
     """Shared MAE/MAMP machinery; subclasses define :meth:`target` and may override :meth:`make_mask`."""
 
     pretraining_only: ClassVar[tuple[str, ...]] = ("decoder",)
+    #: MAE and MAMP: the official MAMP scripts train without AMP (fp32).
+    recipe_precision: ClassVar[str] = "fp32"
 
     def __init__(self, settings: MaskedModelingSettings, data: DatasetInfo) -> None:
         super().__init__(settings, data)

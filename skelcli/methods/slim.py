@@ -166,6 +166,9 @@ class SLiM(PretrainMethod):
     name: ClassVar[str] = "slim"
     settings_cls: ClassVar[type] = SlimSettings
     pretraining_only: ClassVar[tuple[str, ...]] = ("encoder", "dino_head", "ibot_head", "teacher.dino_head", "teacher.ibot_head")
+    #: The official SLiM config trains in fp16 mixed precision with a grad scaler (spec/slim.md 5.1);
+    #: ``auto`` runs that as bf16 autocast on CUDA (:func:`skelcli.engine.dist.resolve_precision`).
+    recipe_precision: ClassVar[str] = "fp16"
 
     def __init__(self, settings: SlimSettings, data: DatasetInfo | None = None) -> None:
         super().__init__(settings, data or DatasetInfo())
