@@ -43,7 +43,7 @@ def test_round_trip_schema(tmp_path):
     samples = make_samples()
     assert write(p, samples) == 7
     with h5py.File(p, "r") as f:
-        assert f.attrs["schema"] == "skelcli.skeletons" and f.attrs["schema_version"] == 1
+        assert f.attrs["schema"] == "skelcli.skeletons" and f.attrs["schema_version"] == SCHEMA_VERSION == 2
         assert f["joints"].dtype == np.float32 and f["joints"].shape == (sum(len(s.joints) for s in samples), 2, 25, 3)
         assert f["joints"].compression is not None and f["joints"].chunks is not None
         assert f["offsets"].dtype == np.int64 and f["label"].dtype == np.int16

@@ -18,6 +18,15 @@ class Kind(str, Enum):
     ntu120 = "ntu120"
     pku_mmd_v1 = "pku-mmd-v1"
     pku_mmd_v2 = "pku-mmd-v2"
+    pyskl = "pyskl"
+    ctrgcn_npz = "ctrgcn-npz"
+    kinetics_skeleton = "kinetics-skeleton"
+    nw_ucla = "nw-ucla"
+    arrays = "arrays"
+
+
+#: The raw NTU / PKU-MMD kinds; every other Kind is an importer of skelcli.data.formats.
+RAW_KINDS = ("ntu60", "ntu120", "pku-mmd-v1", "pku-mmd-v2")
 
 
 class SecondActor(str, Enum):
@@ -32,8 +41,10 @@ class VerifyInputs(str, Enum):
 
 @command("prepare")
 def prepare(
-    kind: Kind = typer.Argument(..., help="Dataset: ntu60, ntu120, pku-mmd-v1 or pku-mmd-v2."),
-    raw: List[Path] = typer.Option(..., "--raw", help="Raw data folder (searched recursively); repeat for several."),
+    kind: Kind = typer.Argument(
+        ..., help="Raw dataset (ntu60, ntu120, pku-mmd-v1, pku-mmd-v2) or format (pyskl, ctrgcn-npz, kinetics-skeleton, "
+        "nw-ucla, arrays; docs/data.md)."),
+    raw: List[Path] = typer.Option(..., "--raw", help="Raw data folder (searched recursively) or file, as the format needs; repeat for several."),
     out: Path = typer.Option(..., "--out", help="Output HDF5 file."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parser processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the inputs are unchanged."),
@@ -51,6 +62,13 @@ def prepare(
         "hash = name, size and a blake2b hash of the bytes (reads the raw data once more; catches same-size edits "
         "with a kept mtime, e.g. rsync -t). A store built with stat holds no hashes: the first hash run rebuilds it.",
     ),
+    topology: Optional[str] = typer.Option(
+        None, "--topology", help="Formats: joint layout, a built-in name (ntu25, kinect20, coco17, openpose18, h36m17, "
+        "mediapipe33) or a .toml file (default: the format's own)."),
+    protocol: Optional[List[str]] = typer.Option(
+        None, "--protocol", help="ctrgcn-npz: the protocol of each --raw file, in order (e.g. xsub, xview, xset)."),
+    split_seed: int = typer.Option(0, "--split-seed", help="arrays: seed of the random stratified split when the CSV has no split column."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="arrays: share of each class in the random test split."),
 ) -> None:
     """Parse raw skeleton files into one HDF5 store (denoised, translated, splits included).
 
@@ -64,6 +82,16 @@ def prepare(
     from skelcli.paths import check_out_file
 
     check_out_file(json_out, "--json")
+    if kind.value not in RAW_KINDS:
+        raw_only = {"--workers": workers, "--missing-list": missing_list, "--second-actor": second_actor, "--max-frames": max_frames}
+        given = [flag for flag, value in raw_only.items() if value is not None]
+        if given:
+            raise SkelError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to the raw NTU / PKU-MMD kinds, not to {kind.value}")
+        _prepare_format(kind.value, raw, out, topology, protocol or [], split_seed, test_fraction, force, json_out)
+        return
+    if topology is not None or protocol:
+        raise SkelError("--topology and --protocol apply to the formats (pyskl, ctrgcn-npz, ...); "
+                        f"{kind.value} is always the ntu25 layout with its own protocols")
     if second_actor is not None and not kind.value.startswith("ntu"):
         raise SkelError("--second-actor applies to ntu60/ntu120 only")
     overrides = {"second_actor": second_actor.value} if second_actor is not None else {}
@@ -78,6 +106,26 @@ def prepare(
         with sigterm_raises():
             report = prepare_dataset(kind.value, raw, out, settings, workers=workers, force=force, progress=True,
                                      missing_list=missing_list, verify_inputs=verify_inputs.value)
+    except Terminated:
+        fail("interrupted", code=143)
+    _render_report(report)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_json(), indent=2))
+
+
+def _prepare_format(fmt, raw, out, topology, protocols, split_seed, test_fraction, force, json_out) -> None:
+    from skelcli.data.formats import ImportOptions, prepare_format
+    from skelcli.data.prepare import Terminated, sigterm_raises
+    from skelcli.topology import get_topology
+
+    if not 0 < test_fraction < 1:
+        raise SkelError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+    options = ImportOptions(topology=get_topology(topology) if topology else None, protocols=list(protocols),
+                            split_seed=split_seed, test_fraction=test_fraction)
+    try:
+        with sigterm_raises():
+            report = prepare_format(fmt, raw, out, options, force=force, progress=True)
     except Terminated:
         fail("interrupted", code=143)
     _render_report(report)
@@ -126,7 +174,7 @@ def verify_store(path: Path) -> list[str]:
     """
     import numpy as np
 
-    from skelcli.data.store import FRAME_SHAPE, META_FIELDS, _h5_detail, open_store
+    from skelcli.data.store import META_FIELDS, _h5_detail, _topology_attr, open_store
 
     problems: list[str] = []
     with open_store(path) as f:
@@ -157,8 +205,14 @@ def verify_store(path: Path) -> list[str]:
         else:
             joints = f["joints"]
             frames = joints.shape[0]
-            if joints.shape[1:] != FRAME_SHAPE:
-                problems.append(f"/joints has shape {joints.shape}, expected (F, 2, 25, 3)")
+            try:
+                topo = _topology_attr(f)
+                expected = (2, topo.num_joints, topo.channels)
+            except SkelError as exc:
+                problems.append(str(exc))
+                topo, expected = None, joints.shape[1:]
+            if joints.shape[1:] != expected:
+                problems.append(f"/joints has shape {joints.shape}, expected (F, {', '.join(map(str, expected))}) for topology {topo.name}")
             else:
                 problems += _check_joints(joints)
         if offsets is not None and frames is not None:
@@ -263,7 +317,8 @@ def store_summary(path: Path) -> dict:
             "total": int(lengths.sum()),
         },
         "file_bytes": size,
-        "padded_300_float32_bytes": int(info.num_samples * 300 * 150 * 4),
+        "padded_300_float32_bytes": int(info.num_samples * 300 * 2 * info.topology.num_joints * info.topology.channels * 4),
+        "topology": info.topology.to_dict(),
         "preprocessing": info.preprocessing,
         "source": info.source,
     }
@@ -320,6 +375,10 @@ def _render_summary(path: Path, summary: dict) -> None:
     t.add_row("classes (present / total)", f"{summary['classes_present']} / {summary['num_classes']}")
     spc = summary["samples_per_class"]
     t.add_row("samples per present class (min / max)", f"{spc['min']} / {spc['max']}")
+    if "topology" in summary:
+        from skelcli.topology import Topology
+
+        t.add_row("topology", escape(Topology.from_dict(summary["topology"]).describe()))
     t.add_row("two-actor samples", str(summary["two_actor_samples"]))
     t.add_row("rejected raw files", str(summary["rejected"]))
     fr = summary["frames"]
@@ -341,3 +400,24 @@ def _render_summary(path: Path, summary: dict) -> None:
         if k in source:
             p.add_row(f"source {k}", escape(json.dumps(source[k])))
     console.print(p)
+
+
+@command("export-arrays")
+def export_arrays_cmd(
+    data: Path = typer.Argument(..., help="HDF5 store written by `skel prepare`."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (must be empty unless --force)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Protocol whose train/test parts go into labels.csv (default: the first)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+) -> None:
+    """Write a store as the `arrays` format: one .npy (T, 2, V, C) per clip, labels.csv, topology.toml.
+
+    Example: skel export-arrays data/ntu60.h5 --out ntu60_arrays --split xsub
+    then:    skel prepare arrays --raw ntu60_arrays --topology ntu60_arrays/topology.toml --out copy.h5
+    """
+    from skelcli.data.formats.arrays import export_arrays
+    from skelcli.paths import check_out_dir
+
+    check_out_dir(out, "--out")
+    rep = export_arrays(data, out, protocol=split, force=force)
+    console.print(f"wrote {rep['clips']} clips ({rep['topology']} layout, split {rep['protocol']}) to {rep['out']}",
+                  markup=False, soft_wrap=True)

@@ -13,7 +13,8 @@ from skelcli.cli._app import command, console
 
 @command("synth")
 def synth(
-    dataset: str = typer.Argument(..., help="ntu60 | ntu120 | pku-mmd-v1 | pku-mmd-v2"),
+    dataset: str = typer.Argument(..., help="ntu60 | ntu120 | pku-mmd-v1 | pku-mmd-v2 (raw text files), or a format: "
+                                  "pyskl | ctrgcn-npz | kinetics-skeleton | nw-ucla | arrays (procedural clips in any layout)"),
     out: Path = typer.Option(..., "--out", help="Output directory (must be empty unless --force)."),
     classes: int = typer.Option(6, "--classes", help="Number of action classes (spread over the dataset's ids)."),
     subjects: int = typer.Option(2, "--subjects", help="Performers (NTU: alternating xsub train / test ids)."),
@@ -31,6 +32,9 @@ def synth(
         help="easy | medium (easy classes, larger nuisance) | hard (pairs of classes that differ only in coordination).",
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory (same names are overwritten)."),
+    topology: Optional[str] = typer.Option(
+        None, "--topology", help="Formats: joint layout of the procedural clips (built-in name or .toml; default: the format's own)."),
+    per_class: int = typer.Option(8, "--per-class", help="Formats: clips per class."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
 ) -> None:
     """Write a synthetic raw dataset in the exact NTU / PKU-MMD text formats.
@@ -40,9 +44,18 @@ def synth(
     """
     from rich.table import Table
 
+    from skelcli.data.formats import FORMATS
     from skelcli.progress import step_progress
 
     from skelcli.data.synthetic import FaultRates, SynthSettings, synthesize
+
+    if dataset in FORMATS:
+        _synth_format(dataset, out, topology, classes, per_class, seed, force, json_out)
+        return
+    if topology is not None:
+        from skelcli.errors import SkelError
+
+        raise SkelError(f"--topology applies to the formats ({', '.join(FORMATS)}); {dataset} is always the ntu25 layout")
 
     settings = SynthSettings(
         classes=classes, subjects=subjects, setups=setups, replications=replications,
@@ -81,3 +94,18 @@ def synth(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.model_dump(), indent=2))
         console.print(f"report written to {json_out}", markup=False)
+
+
+def _synth_format(fmt: str, out: Path, topology: Optional[str], classes: int, per_class: int, seed: int, force: bool,
+                  json_out: Optional[Path]) -> None:
+    from skelcli.data.formats import synthesize_format
+    from skelcli.topology import get_topology
+
+    report = synthesize_format(fmt, out, topology=get_topology(topology) if topology else None, classes=classes,
+                               per_class=per_class, seed=seed, force=force)
+    console.print(f"skel synth {fmt}: {report['clips']} clips of {report['classes']} classes in the {report['topology']} layout, "
+                  f"{report['files']} files, {report['bytes'] / 1e6:.2f} MB in {report['seconds']:.2f} s -> {report['out']}",
+                  markup=False, soft_wrap=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))

@@ -6,7 +6,12 @@ over samples or frames (the only loops are over the fixed, small number of views
 
 Layouts: raw clips ``(N, M, T_max, V, C)`` zero-padded after ``valid`` frames; single-person
 sequences ``(N, T, V, C)``; views ``(B, W, V, C)`` with ``W`` the view's frame count.
-Coordinates are NTU camera space (x right, y up, z depth), so the vertical axis is y.
+Coordinates are NTU camera space (x right, y up, z depth), so the vertical axis is y. Every function
+that needs the joint layout takes a :class:`~skelcli.topology.Topology` (default ``ntu25``); only the
+first ``topology.dims`` channels are coordinates, a confidence channel after them is carried along
+untouched. In 2-D (image x, y): mirroring negates x and swaps the mirror pairs, bone-aware scaling
+works on 2-D bones alike, the rotation is the in-plane one by gamma (tilt and yaw have no meaning
+for image coordinates), noise and axis drop touch x and y only (docs/data.md).
 
 Sources: spec/slim.md 2.1 (person choice, centring, ping-pong padding), 2.5 (crop-and-resample,
 global/local views), 3.2 (mirroring, bone-aware scaling, rotation, view-specific noise/axis drop).
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from skelcli import topology
+from skelcli.topology import NTU25, Topology
 
 # ----------------------------------------------------------------------------- clip preparation
 
@@ -40,12 +46,15 @@ def select_person(joints: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return joints[torch.arange(n, device=joints.device), person]
 
 
-def center_on_origin(x: torch.Tensor, joint: int = topology.ORIGIN_JOINT) -> torch.Tensor:
-    """Subtract the position of ``joint`` (SpineMid) at frame 0 from every joint and frame.
+def center_on_origin(x: torch.Tensor, joint: int = topology.ORIGIN_JOINT, dims: int | None = None) -> torch.Tensor:
+    """Subtract the position of ``joint`` (SpineMid; a topology's ``center``) at frame 0 from every
+    joint and frame; with ``dims`` only from the first ``dims`` channels (the coordinates).
 
     x: (N, T, V, C) -> (N, T, V, C) (spec/slim.md 2.1 step 2).
     """
-    return x - x[:, :1, joint : joint + 1, :]
+    if dims is None or dims == x.shape[-1]:
+        return x - x[:, :1, joint : joint + 1, :]
+    return torch.cat([x[..., :dims] - x[:, :1, joint : joint + 1, :dims], x[..., dims:]], dim=-1)
 
 
 def pingpong_pad(x: torch.Tensor, valid: torch.Tensor, min_frames: int = 150) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,54 +177,58 @@ def crop_resample(
 # ----------------------------------------------------------------------------- augmentations
 
 
-def mirror(x: torch.Tensor) -> torch.Tensor:
+def mirror(x: torch.Tensor, topo: Topology = NTU25) -> torch.Tensor:
     """Skeleton-aware mirroring: swap left/right joints and negate x (spec/slim.md 3.2 item 1).
 
     x: (..., V, C) -> (..., V, C).
     """
-    perm = torch.tensor(topology.mirror_permutation(), device=x.device)
+    perm = torch.tensor(topo.mirror_permutation(), device=x.device)
     sign = torch.ones(x.shape[-1], device=x.device, dtype=x.dtype)
     sign[0] = -1
     return x.index_select(-2, perm) * sign
 
 
-def _ancestor_matrix(device: torch.device) -> torch.Tensor:
+def _ancestor_matrix(device: torch.device, topo: Topology = NTU25) -> torch.Tensor:
     """(V, V) float: A[j, k] = 1 when bone k (child joint k) lies on the path from the root to j."""
-    v = topology.NUM_JOINTS
+    v = topo.num_joints
     a = torch.zeros(v, v)
-    for j in topology.topological_order():
-        p = topology.PARENTS[j]
+    for j in topo.topological_order():
+        p = topo.parents[j]
         if p >= 0:
             a[j] = a[p]
             a[j, j] = 1.0
     return a.to(device)
 
 
-def _scale_group_index() -> list[int]:
-    """Group index per child joint (0 torso, 1 arms, 2 legs); -1 for the root."""
-    idx = [-1] * topology.NUM_JOINTS
-    for g, joints in enumerate(topology.SCALE_GROUPS.values()):
+def _scale_group_index(topo: Topology = NTU25) -> list[int]:
+    """Group index per child joint (``ntu25``: 0 torso, 1 arms, 2 legs); -1 for the root."""
+    idx = [-1] * topo.num_joints
+    for g, joints in enumerate(topo.scale_groups.values()):
         for j in joints:
             idx[j] = g
     return idx
 
 
-def bone_scale(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def bone_scale(x: torch.Tensor, factors: torch.Tensor, topo: Topology = NTU25) -> torch.Tensor:
     """Bone-aware scaling by forward kinematics (spec/slim.md 3.2 item 2).
 
-    x: (B, T, V, C); factors: (B, G) with one factor per :data:`topology.SCALE_GROUPS` group
-    (torso, arms, legs). Every bone (child - parent, :data:`topology.PARENTS`) is scaled by its
-    child's group factor and the skeleton is rebuilt from the root, whose trajectory is kept:
+    x: (B, T, V, C); factors: (B, G) with one factor per ``topo.scale_groups`` group (``ntu25``:
+    torso, arms, legs). Every bone (child - parent, ``topo.parents``) is scaled by its child's group
+    factor and the skeleton is rebuilt from the root, whose trajectory is kept:
     y_j = x_root + sum over bones k on the root->j path of s_k * (x_k - x_parent(k)).
+    Only the first ``topo.dims`` channels are scaled.
     """
-    parents = torch.tensor([max(p, 0) for p in topology.PARENTS], device=x.device)
+    if x.shape[-1] > topo.dims:
+        return torch.cat([bone_scale(x[..., : topo.dims], factors, topo), x[..., topo.dims :]], dim=-1)
+    root = topo.root
+    parents = torch.tensor([max(p, 0) for p in topo.parents], device=x.device)
     bones = x - x.index_select(2, parents)  # root row becomes 0
-    group = torch.tensor([max(g, 0) for g in _scale_group_index()], device=x.device)
+    group = torch.tensor([max(g, 0) for g in _scale_group_index(topo)], device=x.device)
     s = factors.to(x.dtype).index_select(1, group)  # (B, V)
-    s[:, topology.ROOT_JOINT] = 0.0
-    anc = _ancestor_matrix(x.device).to(x.dtype)
+    s[:, root] = 0.0
+    anc = _ancestor_matrix(x.device, topo).to(x.dtype)
     rebuilt = torch.einsum("jk,bk,btkc->btjc", anc, s, bones)
-    return x[:, :, topology.ROOT_JOINT : topology.ROOT_JOINT + 1] + rebuilt
+    return x[:, :, root : root + 1] + rebuilt
 
 
 def rotation_matrices(alpha: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -240,45 +253,56 @@ class AugmentConfig:
     yaw: float = 0.3  # |beta| about the vertical axis: 0.3 as coded; the paper figure says pi
 
 
-def skeleton_augment(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Mirror, bone-scale, rotate (each with its probability, per sample, in that order).
+def skeleton_augment(x: torch.Tensor, cfg: AugmentConfig, topo: Topology = NTU25) -> torch.Tensor:
+    """Mirror, bone-scale, rotate (each with its probability, per sample, in that order); 2-D layouts
+    rotate in the image plane by gamma only.
 
     x: (B, W, V, C) -> (B, W, V, C).
     """
     b, dev, dt = x.shape[0], x.device, x.dtype
     if cfg.mirror_p > 0:
         flip = torch.rand(b, device=dev) < cfg.mirror_p
-        x = torch.where(flip[:, None, None, None], mirror(x), x)
+        x = torch.where(flip[:, None, None, None], mirror(x, topo), x)
     if cfg.scale_p > 0:
         lo, hi = cfg.scale_range
-        factors = torch.empty(b, len(topology.SCALE_GROUPS), device=dev).uniform_(lo, hi)
+        factors = torch.empty(b, len(topo.scale_groups), device=dev).uniform_(lo, hi)
         apply = torch.rand(b, device=dev) < cfg.scale_p
         factors = torch.where(apply[:, None], factors, torch.ones_like(factors))
-        x = bone_scale(x, factors)
+        x = bone_scale(x, factors, topo)
     if cfg.rotate_p > 0:
         alpha = torch.empty(b, device=dev).uniform_(-cfg.tilt, cfg.tilt)
         beta = torch.empty(b, device=dev).uniform_(-cfg.yaw, cfg.yaw)
         gamma = torch.empty(b, device=dev).uniform_(-cfg.tilt, cfg.tilt)
         apply = (torch.rand(b, device=dev) < cfg.rotate_p).to(alpha.dtype)
-        rot = rotation_matrices(alpha * apply, beta * apply, gamma * apply).to(dt)
-        x = torch.einsum("bij,btvj->btvi", rot, x)
+        if topo.dims == 3:
+            rot = rotation_matrices(alpha * apply, beta * apply, gamma * apply).to(dt)
+            coords = torch.einsum("bij,btvj->btvi", rot, x[..., :3])
+        else:  # in-plane: the x-y block of Rz(gamma)
+            zero = torch.zeros_like(gamma)
+            rot = rotation_matrices(zero, zero, gamma * apply)[:, :2, :2].to(dt)
+            coords = torch.einsum("bij,btvj->btvi", rot, x[..., :2])
+        x = coords if x.shape[-1] == topo.dims else torch.cat([coords, x[..., topo.dims :]], dim=-1)
     return x
 
 
-def add_noise(x: torch.Tensor, sigma: float, p: float) -> torch.Tensor:
-    """Gaussian noise of std ``sigma`` on each sample with probability ``p``. x: (B, W, V, C)."""
+def add_noise(x: torch.Tensor, sigma: float, p: float, dims: int | None = None) -> torch.Tensor:
+    """Gaussian noise of std ``sigma`` on each sample with probability ``p``; with ``dims`` on the
+    first ``dims`` channels (the coordinates) only. x: (B, W, V, C)."""
     if sigma <= 0 or p <= 0:
         return x
     apply = (torch.rand(x.shape[0], device=x.device) < p).to(x.dtype)[:, None, None, None]
+    if dims is not None and dims < x.shape[-1]:
+        return torch.cat([x[..., :dims] + torch.randn_like(x[..., :dims]) * sigma * apply, x[..., dims:]], dim=-1)
     return x + torch.randn_like(x) * sigma * apply
 
 
-def axis_drop(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Zero one random coordinate axis (x, y or z) of each sample with probability ``p``."""
+def axis_drop(x: torch.Tensor, p: float, dims: int | None = None) -> torch.Tensor:
+    """Zero one random coordinate axis (x, y or z; of the first ``dims`` channels when given) of each
+    sample with probability ``p``."""
     if p <= 0:
         return x
     b, c = x.shape[0], x.shape[-1]
-    axis = torch.randint(c, (b,), device=x.device)
+    axis = torch.randint(dims or c, (b,), device=x.device)
     apply = torch.rand(b, device=x.device) < p
     keep = ~(torch.nn.functional.one_hot(axis, c).bool() & apply[:, None])
     return x * keep.to(x.dtype)[:, None, None, :]
@@ -301,6 +325,7 @@ class ViewConfig:
     g2_axis_drop: float = 0.2
     local_noise: tuple[float, float] = (0.01, 0.5)
     augment: AugmentConfig = AugmentConfig()
+    topology: Topology = NTU25
 
 
 @dataclass
@@ -324,12 +349,13 @@ def make_views(joints: torch.Tensor, valid: torch.Tensor, cfg: ViewConfig) -> Mu
     """Build SLiM's 2 global + 2 x len(local_frames) local views from raw clips.
 
     joints: (N, M, T_max, V, C) zero-padded; valid: (N,). One random non-empty person, centred on
-    SpineMid at frame 0, ping-pong padded; then per clip two independent global crops and, inside
+    the topology's centre joint (SpineMid) at frame 0, ping-pong padded; then per clip two independent global crops and, inside
     each global crop's frame range, the local crops; then the skeleton-aware augmentations and the
     view-specific noise / axis drop (spec/slim.md 2.1, 2.5, 3.2).
     """
     valid = valid.to(joints.device).long().clamp(min=1, max=joints.shape[2])
-    x = center_on_origin(select_person(joints, valid))
+    topo = cfg.topology
+    x = center_on_origin(select_person(joints, valid), topo.center, topo.dims)
     x, padded_len = pingpong_pad(x, valid, cfg.pad_min_frames)
     zero = torch.zeros_like(valid)
     globals_, granges = [], []
@@ -347,9 +373,10 @@ def make_views(joints: torch.Tensor, valid: torch.Tensor, cfg: ViewConfig) -> Mu
             parents.append(g)
 
     aug = cfg.augment
-    g1 = add_noise(skeleton_augment(globals_[0], aug), *cfg.g1_noise)
-    g2 = axis_drop(add_noise(skeleton_augment(globals_[1], aug), *cfg.g2_noise), cfg.g2_axis_drop)
-    locals_ = [add_noise(skeleton_augment(v, aug), *cfg.local_noise) for v in locals_]
+    d = topo.dims
+    g1 = add_noise(skeleton_augment(globals_[0], aug, topo), *cfg.g1_noise, dims=d)
+    g2 = axis_drop(add_noise(skeleton_augment(globals_[1], aug, topo), *cfg.g2_noise, dims=d), cfg.g2_axis_drop, dims=d)
+    locals_ = [add_noise(skeleton_augment(v, aug, topo), *cfg.local_noise, dims=d) for v in locals_]
     return MultiView(torch.stack([g1, g2]), locals_, parents, granges, lranges)
 
 

@@ -210,23 +210,37 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 
 
 def random_rotation(
-    x: torch.Tensor, max_angle: float = 0.3, generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None
+    x: torch.Tensor, max_angle: float = 0.3, generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None,
+    dims: int = 3,
 ) -> torch.Tensor:
-    """Random 3-axis rotation about the origin, one draw per sample (spec E, ``random_rot``).
+    """Random rotation about the origin, one draw per sample (spec E, ``random_rot``).
 
-    x: (N, M, T, V, 3). Angles θx, θy, θz ~ U(-max_angle, max_angle), the same for every frame and
-    both persons; R = Rz·Ry·Rx applied to column vectors. Linear, so zero persons and zero padding
-    stay zero. Returns a new tensor of the same shape. ``uniforms``: optional pre-drawn (N, 3)
-    U[0, 1) numbers (x, y, z) used instead of drawing.
+    x: (N, M, T, V, C) whose first ``dims`` channels are coordinates (any further channel, a
+    confidence, is left as it is). 3-D: angles θx, θy, θz ~ U(-max_angle, max_angle), the same for
+    every frame and both persons; R = Rz·Ry·Rx applied to column vectors. 2-D: only the in-plane
+    rotation by θz (a 3-D rotation of image coordinates has no meaning), same draws. Linear, so zero
+    persons and zero padding stay zero. Returns a new tensor of the same shape. ``uniforms``:
+    optional pre-drawn (N, 3) U[0, 1) numbers (x, y, z) used instead of drawing.
     """
-    if x.shape[-1] != 3:
-        raise ValueError(f"rotation needs 3-D coordinates, got C={x.shape[-1]}")
+    if dims not in (2, 3) or x.shape[-1] < dims:
+        raise ValueError(f"rotation needs 2-D or 3-D coordinates, got dims={dims}, C={x.shape[-1]}")
     angles = (_uniform((x.shape[0], 3), x.device, generator, uniforms) * 2 - 1) * max_angle
-    return rotate(x, rotation_matrices(angles.to(torch.float32)))
+    if dims == 3 and x.shape[-1] == 3:
+        return rotate(x, rotation_matrices(angles.to(torch.float32)))
+    if dims == 3:
+        rotated = rotate(x[..., :3].contiguous(), rotation_matrices(angles.to(torch.float32)))
+    else:
+        z = angles[:, 2].to(torch.float32)
+        rot = torch.stack([torch.stack([z.cos(), z.sin()], -1), torch.stack([-z.sin(), z.cos()], -1)], -2)  # Rz's x-y block
+        n = x.shape[0]
+        flat = x[..., :2].reshape(n, -1, 2)
+        rotated = torch.bmm(rot.to(x.dtype), flat.transpose(1, 2)).transpose(1, 2).reshape(*x.shape[:-1], 2)
+    return torch.cat([rotated, x[..., dims:]], dim=-1)
 
 
 def train_view(
-    batch: "ClipBatch", frames: int, data: "DataSettings", generator: torch.Generator | None = None, draws=None
+    batch: "ClipBatch", frames: int, data: "DataSettings", generator: torch.Generator | None = None, draws=None,
+    dims: int = 3,
 ) -> torch.Tensor:
     """The training view of MAE/MAMP/GFP: random crop (p in [crop_min, crop_max], at least
     ``min_crop_frames``), resize to ``frames``, random rotation of ``data.rotation`` rad (spec E/B).
@@ -234,7 +248,8 @@ def train_view(
     batch.joints: (N, M, T_max, V, C). Returns (N, M, frames, V, C) on the batch's device.
     ``draws``: optional :class:`skelcli.engine.rng.SampleDraws` for this batch; when given, the crop
     and rotation numbers come from its "crop" (N, 2) and "rotation" (N, 3) streams (sample-keyed,
-    identical whatever the process count) and ``generator`` is not used.
+    identical whatever the process count) and ``generator`` is not used. ``dims``: coordinate
+    dimensions of the layout (2: the rotation is in-plane, see :func:`random_rotation`).
     """
     crop_u = rot_u = None
     if draws is not None:
@@ -252,7 +267,7 @@ def train_view(
         uniforms=crop_u,
     )
     if data.rotation > 0:
-        clips = random_rotation(clips, data.rotation, generator=generator, uniforms=rot_u)
+        clips = random_rotation(clips, data.rotation, generator=generator, uniforms=rot_u, dims=dims)
     return clips
 
 

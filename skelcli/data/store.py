@@ -1,16 +1,21 @@
-"""The HDF5 skeleton store (DESIGN.md "HDF5 layout", schema_version 1).
+"""The HDF5 skeleton store (DESIGN.md "HDF5 layout", schema_version 2).
 
 ::
 
-    / attrs: schema="skelcli.skeletons", schema_version=1, dataset, num_classes, created_by,
-             preprocessing (JSON), source (JSON), class_names (optional JSON list)
-    /joints            float32 (total_frames, 2, 25, 3), chunked + compressed
+    / attrs: schema="skelcli.skeletons", schema_version=2, dataset, num_classes, created_by,
+             preprocessing (JSON), source (JSON), class_names (optional JSON list),
+             topology (JSON, :meth:`skelcli.topology.Topology.to_dict`)
+    /joints            float32 (total_frames, 2, V, C), chunked + compressed; V joints and C values
+                       (coordinates, then the confidence if the topology has one) of the topology
     /offsets           int64 (N+1)     sample i = joints[offsets[i]:offsets[i+1]]
     /label             int16 (N)       0-based
     /meta/{setup,camera,subject,replication,num_actors}   int16 (N)
     /name              str (N)
     /splits/<protocol>/{train,test}   int32 sorted indices
     /rejected/{name,reason}           str (R)
+
+Version 1 files (no ``topology`` attr) are the ``ntu25`` layout, (frames, 2, 25, 3); they read as before.
+Two person slots always: importers keep the two most present / highest-scoring persons.
 
 Writes are atomic: everything goes to ``<out>.tmp-<pid>`` and is moved over ``out`` with
 ``os.replace`` only when complete; on any exception (KeyboardInterrupt included) the temporary
@@ -32,10 +37,12 @@ import numpy as np
 
 from skelcli import __version__
 from skelcli.errors import SkelError
+from skelcli.topology import NTU25, Topology
 
 SCHEMA = "skelcli.skeletons"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_FIELDS = ("setup", "camera", "subject", "replication", "num_actors")
+#: Frame shape of the ``ntu25`` layout (and of every schema-1 file).
 FRAME_SHAPE = (2, 25, 3)
 #: Frames per /joints chunk: 256 x 600 B = 150 KB raw per chunk.
 CHUNK_FRAMES = 256
@@ -48,7 +55,8 @@ COMPRESSION = {"compression": "lzf"}
 
 @dataclass
 class Sample:
-    """One sample to write: joints float32 (frames, 2, 25, 3); meta fields use -1 for unknown."""
+    """One sample to write: joints float32 (frames, 2, V, C) of the store's topology; meta fields use -1
+    for unknown."""
 
     name: str
     joints: np.ndarray
@@ -73,13 +81,14 @@ class StoreInfo:
     preprocessing: dict
     source: dict
     class_names: Optional[list[str]]
+    topology: Topology = NTU25
 
 
 @dataclass
 class SampleSet:
     """Samples read from a store.
 
-    joints: float32 (F, 2, 25, 3), all samples concatenated; sample k = joints[offsets[k]:offsets[k+1]].
+    joints: float32 (F, 2, V, C), all samples concatenated; sample k = joints[offsets[k]:offsets[k+1]].
     offsets: int64 (n+1); labels: int64 (n); names: n strings; valid_frames: int64 (n) frame counts.
     """
 
@@ -187,7 +196,25 @@ def open_info(path: str | Path) -> StoreInfo:
             preprocessing=_json_attr(f, "preprocessing", {}),
             source=_json_attr(f, "source", {}),
             class_names=_json_attr(f, "class_names", None),
+            topology=_topology_attr(f),
         )
+
+
+def _topology_attr(f) -> Topology:
+    """The store's topology; ``ntu25`` for schema-1 files, which have none."""
+    d = _json_attr(f, "topology", None)
+    if d is None:
+        return NTU25
+    try:
+        return Topology.from_dict(d, source=f"{f.filename}: topology attr")
+    except SkelError as exc:
+        raise SkelError(f"{exc}; the file is corrupt") from None
+
+
+def read_topology(path: str | Path) -> Topology:
+    """The topology recorded in the store at ``path`` (``ntu25`` for schema-1 files)."""
+    with open_store(path) as f:
+        return _topology_attr(f)
 
 
 def split_indices(path: str | Path, protocol: str, part: str) -> np.ndarray:
@@ -242,8 +269,9 @@ def read_samples(path: str | Path, indices) -> SampleSet:
         names_all = f["name"].asstr()[()] if len(idx) else np.array([], dtype=object)
         uniq = np.unique(idx)
         lengths = offsets[1:] - offsets[:-1]
+        frame_shape = tuple(f["joints"].shape[1:])
         if len(uniq) == 0:
-            block = np.zeros((0, *FRAME_SHAPE), dtype=np.float32)
+            block = np.zeros((0, *frame_shape), dtype=np.float32)
             starts_in_block = np.zeros(0, dtype=np.int64)
         else:
             span_lo, span_hi = int(offsets[uniq[0]]), int(offsets[uniq[-1] + 1])
@@ -261,7 +289,7 @@ def read_samples(path: str | Path, indices) -> SampleSet:
                         starts_in_block[k] = pos + offsets[s] - lo
                         k += 1
                     pos += hi - lo
-                block = np.concatenate(parts) if parts else np.zeros((0, *FRAME_SHAPE), np.float32)
+                block = np.concatenate(parts) if parts else np.zeros((0, *frame_shape), np.float32)
         where = np.searchsorted(uniq, idx)
         lens = lengths[idx]
         out_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
@@ -346,6 +374,7 @@ def write_store(
     source: dict,
     force: bool,
     class_names: Optional[list[str]] = None,
+    topology: Optional[Topology] = None,
 ) -> int:
     """Stream ``samples`` into a new store at ``path`` atomically; return the number written.
 
@@ -353,6 +382,7 @@ def write_store(
     ``(names, meta) -> that dict`` evaluated after all samples were written (meta holds the int
     arrays of META_FIELDS). ``rejected`` may likewise be a callable, evaluated at the end (so a
     streaming producer can fill it). An existing ``path`` is only replaced with ``force=True``.
+    ``topology`` (default ``ntu25``) fixes the frame shape (2, V, C) every sample must have.
     """
     import h5py
 
@@ -361,6 +391,8 @@ def write_store(
         raise SkelError(f"{out} is a directory; give the path of the .h5 file to write")
     if out.exists() and not force:
         raise SkelError(f"{out} exists; pass force=True (--force) to overwrite")
+    topo = topology if topology is not None else NTU25
+    frame_shape = (2, topo.num_joints, topo.channels)
     tmp = temp_path(out)
     str_dt = h5py.string_dtype("utf-8")
     try:
@@ -371,8 +403,8 @@ def write_store(
             raise SkelError(f"cannot write {out}: {_os_reason(exc)}") from None
         with f:
             joints = f.create_dataset(
-                "joints", shape=(0, *FRAME_SHAPE), maxshape=(None, *FRAME_SHAPE), dtype=np.float32,
-                chunks=(CHUNK_FRAMES, *FRAME_SHAPE), **COMPRESSION,
+                "joints", shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=np.float32,
+                chunks=(CHUNK_FRAMES, *frame_shape), **COMPRESSION,
             )
             offsets = [0]
             labels: list[int] = []
@@ -393,8 +425,9 @@ def write_store(
 
             for s in samples:
                 j = np.asarray(s.joints, dtype=np.float32)
-                if j.ndim != 4 or j.shape[1:] != FRAME_SHAPE or len(j) == 0:
-                    raise SkelError(f"sample {s.name}: joints shape {j.shape}, expected (frames>0, 2, 25, 3)")
+                if j.ndim != 4 or j.shape[1:] != frame_shape or len(j) == 0:
+                    raise SkelError(f"sample {s.name}: joints shape {j.shape}, expected (frames>0, {', '.join(map(str, frame_shape))}) "
+                                    f"for topology {topo.name}")
                 buf.append(j)
                 buffered += len(j)
                 offsets.append(offsets[-1] + len(j))
@@ -435,6 +468,7 @@ def write_store(
             f.attrs["source"] = json.dumps(source, sort_keys=True)
             if class_names is not None:
                 f.attrs["class_names"] = json.dumps(list(class_names))
+            f.attrs["topology"] = json.dumps(topo.to_dict())
         try:
             os.replace(tmp, out)
         except OSError as exc:

@@ -117,6 +117,9 @@ def resolve_pretrain_settings(
     layered: dict[str, Any] = {"method": _REGISTRY[name].settings_cls().model_dump(mode="json")}
     layered = deep_merge(layered, _REGISTRY[name].settings_cls.preset(preset, dataset))
     layered["method"]["name"] = name
+    topo = topology_of(Path(path)) if path is not None else None
+    if topo is not None:  # the preset's token grid follows the data's layout: one token column per joint
+        layered["method"]["encoder"].update(num_joints=topo.num_joints, in_chans=topo.channels)
     check_sections(layered, toml, str(config_file))  # nested sections too (method.encoder = 3)
     layered = deep_merge(layered, toml)
     for text in overrides or []:
@@ -141,4 +144,29 @@ def resolve_pretrain_settings(
         raise SkelError(_one_line(exc, where)) from None
     if settings.data.path is not None:
         settings.data.path = Path(settings.data.path).resolve()
+    if topo is not None:
+        check_encoder_fits(settings.method.encoder, topo, str(path))
     return settings
+
+
+def topology_of(data_path: Path | None):
+    """The topology recorded in a prepared HDF5 file (None without a file or when it cannot be read:
+    the data loader reports that file's problem itself)."""
+    if data_path is None or not Path(data_path).is_file():
+        return None
+    from skelcli.data.store import read_topology
+
+    try:
+        return read_topology(Path(data_path))
+    except SkelError:
+        return None
+
+
+def check_encoder_fits(encoder, topology, data: str, prefix: str = "method.encoder") -> None:
+    """SkelError naming the field when an encoder's joint count or input channels differ from the data's
+    topology (V joints, C = dims [+ confidence] values per joint)."""
+    for field, want in (("num_joints", topology.num_joints), ("in_chans", topology.channels)):
+        have = getattr(encoder, field)
+        if have != want:
+            raise SkelError(f"{prefix}.{field} is {have}, but {data} holds the {topology.describe()} layout "
+                            f"({field} {want}): an encoder only reads data of the layout it was built for")

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from skelcli.engine.checkpoint import save_checkpoint
-from skelcli.engine.config import PretrainSettings
+from skelcli.engine.config import PretrainSettings, check_encoder_fits
 from skelcli.engine.dist import autocast_context, resolve_device, resolve_precision
 from skelcli.engine.rng import rng_state, seed_everything, set_rng_state
 from skelcli.engine.rundir import RunDir, StopSignal, open_run
@@ -343,7 +343,8 @@ class _PretrainLoop:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.runtime.seed)  # same init on every rank
         method_cls = get_method(cfg.method.name)
-        self.method = method_cls(cfg.method, DatasetInfo(info.dataset, info.num_classes)).to(device)
+        check_encoder_fits(cfg.method.encoder, info.topology, str(data_path))
+        self.method = method_cls(cfg.method, DatasetInfo(info.dataset, info.num_classes, info.topology)).to(device)
         # runtime.precision resolved against the method's recipe (auto: fp32 on CPU, the recipe on CUDA)
         self.recipe_precision = method_cls.recipe_precision
         self.precision = resolve_precision(cfg.runtime.precision, device, self.recipe_precision)

@@ -56,7 +56,8 @@ class SplitData:
     """One split of a prepared file, held in memory.
 
     joints: (F, M, V, C) float32, every clip's frames concatenated; offsets: (n+1,) int64;
-    labels: (n,) int64; lengths: (n,) int64 frames per clip; dataset, num_classes from the file.
+    labels: (n,) int64; lengths: (n,) int64 frames per clip; dataset, num_classes from the file;
+    dims: coordinate dimensions of the file's topology (2-D layouts rotate in-plane in train views).
     """
 
     joints: np.ndarray
@@ -66,6 +67,7 @@ class SplitData:
     dataset: str
     num_classes: int
     names: list[str]
+    dims: int = 3
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -96,7 +98,8 @@ class SplitData:
         lengths = np.array([p.shape[0] for p in parts], dtype=np.int64)
         joints = np.concatenate(parts, axis=0) if parts else self.joints[:0]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return SplitData(joints, offsets, self.labels[idx], lengths, self.dataset, self.num_classes, [self.names[i] for i in idx])
+        return SplitData(joints, offsets, self.labels[idx], lengths, self.dataset, self.num_classes, [self.names[i] for i in idx],
+                         self.dims)
 
 
 def data_info(path: str | Path):
@@ -135,6 +138,7 @@ def load_split(path: str | Path, protocol: str, part: str) -> SplitData:
         dataset=str(info.dataset),
         num_classes=int(info.num_classes),
         names=list(s.names),
+        dims=info.topology.dims,
     )
 
 
@@ -325,6 +329,7 @@ def prepare_encoder(
     file's class count. Returns (encoder in eval mode, info, data StoreInfo).
     """
     from skelcli.engine.checkpoint import EncoderInfo, check_head_classes, load_encoder
+    from skelcli.engine.config import check_encoder_fits
     from skelcli.methods.mae import small_encoder_config
     from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 
@@ -332,6 +337,7 @@ def prepare_encoder(
     check_split(dinfo, protocol)
     if checkpoint is not None:
         encoder, info, ckpt = load_encoder(checkpoint)
+        check_encoder_fits(encoder.config, dinfo.topology, str(data_path), prefix=f"{checkpoint}: encoder")
         check_head_classes(ckpt, int(dinfo.num_classes), checkpoint, data_path)
         if random_init:
             torch.manual_seed(seed)
@@ -341,6 +347,7 @@ def prepare_encoder(
         if preset not in ("small", "paper"):
             raise SkelError(f"unknown preset {preset!r}; available: paper, small")
         cfg = small_encoder_config() if preset == "small" else EncoderConfig()
+        cfg = cfg.model_copy(update={"num_joints": dinfo.topology.num_joints, "in_chans": dinfo.topology.channels})
         torch.manual_seed(seed)
         encoder = SkeletonEncoder(cfg).eval()
         info = EncoderInfo(method="random", dataset=None, num_classes=None, epoch=0, input_frames=cfg.num_frames,

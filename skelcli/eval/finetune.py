@@ -286,7 +286,7 @@ def finetune_once(
             if ctx.distributed:  # this rank's share of the global batch
                 rows = np.array_split(rows, ctx.world_size)[ctx.rank]
             batch = train.batch(rows, dev)
-            views = train_view(batch, frames, aug, generator=gen)
+            views = train_view(batch, frames, aug, generator=gen, dims=train.dims)
             sched.apply(step)
             with _autocast(dev, s.precision):
                 logits = forward(views)
@@ -377,6 +377,7 @@ def run_finetune(
     repeat's rows also go to ``<repeat>/tb/``, with its confusion matrix at the end (``finish(pngs=...)``).
     """
     from skelcli.engine.checkpoint import check_head_classes, load_encoder, save_checkpoint
+    from skelcli.engine.config import check_encoder_fits
     from skelcli.engine.dist import is_main_process
     from skelcli.engine.rundir import RunDir, StopSignal, open_run, settings_differences
     from skelcli.eval.features import data_info, file_fingerprint, load_split
@@ -394,6 +395,7 @@ def run_finetune(
     pretrain: dict[str, Any] = {"checkpoint": None, "method": None, "dataset": None, "num_classes": None, "epoch": None}
     if checkpoint is not None:
         encoder, einfo, ckpt = load_encoder(checkpoint)
+        check_encoder_fits(encoder.config, dinfo.topology, str(data_path), prefix=f"{checkpoint}: encoder")
         check_head_classes(ckpt, num_classes, checkpoint, data_path)
         pretrain = {"checkpoint": str(checkpoint), "method": einfo.method, "dataset": einfo.dataset,
                     "num_classes": einfo.num_classes, "epoch": einfo.epoch}
@@ -404,6 +406,7 @@ def run_finetune(
         from skelcli.models.encoder import EncoderConfig
 
         encoder_config = small_encoder_config() if preset == "small" else EncoderConfig()
+        encoder_config = encoder_config.model_copy(update={"num_joints": dinfo.topology.num_joints, "in_chans": dinfo.topology.channels})
         state = None
     else:
         raise SkelError("--checkpoint is required unless --from-scratch is given")

@@ -135,7 +135,7 @@ def sgd_linear_probe(
                 continue
             batch = train_split.batch(rows, dev)
             with torch.no_grad():
-                feats = encode_views(encoder, train_view(batch, frames, data_settings, generator=gen), person_pool)
+                feats = encode_views(encoder, train_view(batch, frames, data_settings, generator=gen, dims=train_split.dims), person_pool)
             sched.apply(step)
             loss = torch.nn.functional.cross_entropy(head(feats), batch.label)
             opt.zero_grad(set_to_none=True)

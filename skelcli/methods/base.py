@@ -24,16 +24,19 @@ from skelcli.data import clips
 from skelcli.data.clips import ClipBatch
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 from skelcli.settings import DataSettings
+from skelcli.topology import NTU25, Topology
 
 _REGISTRY: dict[str, type["PretrainMethod"]] = {}
 
 
 @dataclass
 class DatasetInfo:
-    """What a method may need to know about the data: its name (for per-dataset defaults)."""
+    """What a method may need to know about the data: its name (for per-dataset defaults), classes, layout."""
 
     dataset: str = "ntu60"
     num_classes: int = 60
+    #: The data's joint layout (the store's topology attr): masking and augmentations follow it.
+    topology: Topology = NTU25
 
 
 def register(cls: type["PretrainMethod"]) -> type["PretrainMethod"]:
@@ -120,7 +123,7 @@ class PretrainMethod(nn.Module):
         (spec/mamp-and-data.md E via ``clips.train_view``), the centre test crop otherwise."""
         frames = self.encoder.config.num_frames
         if self.training:
-            return clips.train_view(batch, frames, self.data_settings, draws=self.sample_draws)
+            return clips.train_view(batch, frames, self.data_settings, draws=self.sample_draws, dims=self.data.topology.dims)
         return clips.test_view(batch, frames, self.data_settings.test_crop)
 
     def forward(self, batch: ClipBatch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface

@@ -186,6 +186,7 @@ class SLiM(PretrainMethod):
             local_crops=s.local_crops, pad_min_frames=s.pad_min_frames, g1_noise=s.g1_noise, g2_noise=s.g2_noise,
             g2_axis_drop=s.g2_axis_drop, local_noise=s.local_noise,
             augment=AugmentConfig(s.mirror_p, s.scale_p, s.scale_range, s.rotate_p, s.tilt, s.yaw),
+            topology=self.data.topology,
         )
         head = dict(num_prototypes=s.num_prototypes, hidden_dim=s.head_hidden_dim, bottleneck_dim=s.head_bottleneck_dim, num_layers=s.head_layers)
         self.dino_head = DINOHead(enc.dim, **head)
@@ -263,7 +264,7 @@ class SLiM(PretrainMethod):
             return None
         min_patches = s.local_min_patches[slots[0] % len(s.local_frames)]
         ratios = stratified_ratios(len(slots) * n, *s.mask_ratio)
-        return semantic_tube_masking(ratios, n_t, min_patches, s.local_max_patches, s.mask_max_tries).to(device)
+        return semantic_tube_masking(ratios, n_t, min_patches, s.local_max_patches, s.mask_max_tries, topo=self.data.topology).to(device)
 
     def forward(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
         """One SLiM step on raw clips (N, M, T_max, V, C). Returns loss, glcl, mfm, koleo."""
@@ -276,7 +277,8 @@ class SLiM(PretrainMethod):
         n_t = enc.num_frames // enc.t_patch
         ratios = global_view_ratios(2 * n, s.global_mask_probability, *s.mask_ratio)
         gmask = semantic_tube_masking(
-            ratios, n_t, s.global_min_patches, max(1, int(s.global_max_patches * n_t * enc.num_joints)), s.mask_max_tries
+            ratios, n_t, s.global_min_patches, max(1, int(s.global_max_patches * n_t * enc.num_joints)), s.mask_max_tries,
+            topo=self.data.topology,
         ).to(dev)  # (2N, L)
         prefix = enc.num_prefix
         temp_t = self.teacher_temp_now

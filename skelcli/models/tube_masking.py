@@ -1,7 +1,7 @@
 """Semantic tube masking (SLiM, spec/slim.md 3.1).
 
-A tube is a contiguous sub-chain of one body part (:data:`skelcli.topology.BODY_PARTS`, each
-listed along its kinematic chain) masked over a contiguous span of temporal segments. Tubes are
+A tube is a contiguous sub-chain of one body part (``Topology.parts``, each listed along its
+kinematic chain; ``ntu25`` by default, any layout's parts otherwise) masked over a contiguous span of temporal segments. Tubes are
 added until the budget int(N * ratio) of the view's N = n_t * V tokens is met or a tube fails
 ``max_tries`` times in a row, so the achieved ratio can fall slightly short of the target.
 
@@ -14,10 +14,11 @@ Masks are (B, n_t * V) bool in time-major token order (index t * V + v), True = 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
-from skelcli import topology
+from skelcli.topology import NTU25, Topology
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,18 @@ class Tube:
     t0: int
     h: int
 
-    def joints(self) -> tuple[int, ...]:
-        return topology.BODY_PARTS[self.part][self.c0 : self.c0 + self.w]
+    def joints(self, topo: Topology = NTU25) -> tuple[int, ...]:
+        return topo.body_parts[self.part][self.c0 : self.c0 + self.w]
 
 
-def _subchain_table() -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int, int]]]:
+@lru_cache(maxsize=16)
+def _subchain_table(topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int, int]]]:
     """All contiguous sub-chains: joint masks (S, V) bool, lengths (S,), and (part, c0, w) per row."""
     rows, lengths, names = [], [], []
-    for part, chain in topology.BODY_PARTS.items():
+    for part, chain in topo.parts:
         for w in range(1, len(chain) + 1):
             for c0 in range(len(chain) - w + 1):
-                m = torch.zeros(topology.NUM_JOINTS, dtype=torch.bool)
+                m = torch.zeros(topo.num_joints, dtype=torch.bool)
                 m[list(chain[c0 : c0 + w])] = True
                 rows.append(m)
                 lengths.append(w)
@@ -48,12 +50,10 @@ def _subchain_table() -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int, 
     return torch.stack(rows), torch.tensor(lengths), names
 
 
-_TABLE = _subchain_table()
-
-
-def _row_offsets() -> tuple[torch.Tensor, torch.Tensor]:
+@lru_cache(maxsize=16)
+def _row_offsets(topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor]:
     """Part sizes (P,) and the first table row of each (part, w) as a (P, max size) table."""
-    sizes = [len(c) for c in topology.BODY_PARTS.values()]
+    sizes = [len(c) for _, c in topo.parts]
     offsets, base = [], 0
     for n in sizes:
         per_w = [0]
@@ -64,12 +64,9 @@ def _row_offsets() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(sizes), torch.tensor(offsets)
 
 
-_SIZES, _OFFSETS = _row_offsets()
-
-
-def _subchain_index(u_part: torch.Tensor, u_w: torch.Tensor, u_c0: torch.Tensor) -> torch.Tensor:
+def _subchain_index(u_part: torch.Tensor, u_w: torch.Tensor, u_c0: torch.Tensor, topo: Topology = NTU25) -> torch.Tensor:
     """Map uniforms to a table row: part uniform, w ~ U{1..|part|}, start uniform."""
-    sizes, offsets_t = _SIZES, _OFFSETS
+    sizes, offsets_t = _row_offsets(topo)
     part = torch.floor(u_part * len(sizes)).long().clamp(max=len(sizes) - 1)
     n = sizes[part]
     w = (torch.floor(u_w * n).long() + 1).clamp(max=n)
@@ -85,6 +82,7 @@ def semantic_tube_masking(
     max_tries: int = 10,
     generator: torch.Generator | None = None,
     return_tubes: bool = False,
+    topo: Topology = NTU25,
 ) -> torch.Tensor | tuple[torch.Tensor, list[list[Tube]]]:
     """Semantic tube masks for len(ratios) views of an (n_t x V) token grid.
 
@@ -97,14 +95,14 @@ def semantic_tube_masking(
     Returns the (B, n_t * V) bool mask (time-major), and with ``return_tubes`` also the accepted
     tubes per view. Runs on the CPU.
     """
-    v = topology.NUM_JOINTS
+    v = topo.num_joints
     ratios = ratios.detach().float().cpu()
     b = ratios.shape[0]
     budget = (ratios * (n_t * v)).long()  # int(N * ratio)
     remaining = budget.clone()
     fails = torch.zeros(b, dtype=torch.long)
     mask = torch.zeros(b, n_t, v, dtype=torch.bool)
-    chains, widths, names = _TABLE
+    chains, widths, names = _subchain_table(topo)
     tubes: list[list[Tube]] = [[] for _ in range(b)]
     seg = torch.arange(n_t)
     active = remaining > 0
@@ -112,7 +110,7 @@ def semantic_tube_masking(
         idx = active.nonzero().squeeze(1)
         k = idx.shape[0]
         u = torch.rand(k, 5, generator=generator)
-        row = _subchain_index(u[:, 0], u[:, 1], u[:, 2])
+        row = _subchain_index(u[:, 0], u[:, 1], u[:, 2], topo)
         w = widths[row]
         rem = remaining[idx]
         hi = torch.clamp(rem, max=max_patches).float()

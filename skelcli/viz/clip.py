@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skelcli import topology
+from skelcli.topology import NTU25, Topology
 from skelcli.errors import SkelError
 
 MASK_KINDS = ("none", "random", "motion", "tube")
@@ -95,6 +95,8 @@ class ClipSetup:
     mask: str = "none"
     options: MaskOptions = field(default_factory=MaskOptions)
     method: str | None = None
+    #: The data's joint layout (bones drawn, tube-masking parts, 2-D or camera-space drawing).
+    topology: Topology = NTU25
 
     @property
     def n_t(self) -> int:
@@ -223,7 +225,8 @@ def clip_view(joints: np.ndarray, num_frames: int, test_crop: float = 0.95) -> t
 
 
 # --------------------------------------------------------------------------------------------- overlay
-def mask_tokens(view: torch.Tensor, kind: str, *, t_patch: int, seed: int, options: MaskOptions = MaskOptions()) -> torch.Tensor:
+def mask_tokens(view: torch.Tensor, kind: str, *, t_patch: int, seed: int, options: MaskOptions = MaskOptions(),
+                topo: Topology = NTU25) -> torch.Tensor:
     """The tokens each method's masking hides, for the P person sequences of one clip.
 
     view: (P, T, V, C) person sequences (T a multiple of ``t_patch``). Returns (P, n_t, V) bool,
@@ -253,11 +256,11 @@ def mask_tokens(view: torch.Tensor, kind: str, *, t_patch: int, seed: int, optio
     elif kind == "motion":
         flat = motion_aware_masking(view.float(), t_patch, o.ratio, o.tau, generator=gen).mask.bool()
     elif kind == "tube":
-        if v != topology.NUM_JOINTS:
-            raise SkelError(f"tube masking needs the {topology.NUM_JOINTS}-joint Kinect v2 layout, got {v} joints")
+        if v != topo.num_joints:
+            raise SkelError(f"tube masking of the {topo.name} layout needs {topo.num_joints} joints, got {v}")
         ratios = stratified_ratios(p, *o.tube_ratio, generator=gen)
         max_patches = max(1, int(o.tube_max_patches * n_t * v))
-        flat = semantic_tube_masking(ratios, n_t, o.tube_min_patches, max_patches, o.tube_max_tries, generator=gen)
+        flat = semantic_tube_masking(ratios, n_t, o.tube_min_patches, max_patches, o.tube_max_tries, generator=gen, topo=topo)
     else:
         raise SkelError(f"--mask {kind!r}: choose one of {', '.join(MASK_KINDS)}")
     return flat.reshape(p, n_t, v)
@@ -266,7 +269,7 @@ def mask_tokens(view: torch.Tensor, kind: str, *, t_patch: int, seed: int, optio
 def describe_mask(setup: ClipSetup) -> str:
     """One line naming the masking and its parameters, for the figure."""
     o = setup.options
-    grid = f"{setup.n_t} x {topology.NUM_JOINTS} tokens of {setup.t_patch} frames"
+    grid = f"{setup.n_t} x {setup.topology.num_joints} tokens of {setup.t_patch} frames"
     if setup.mask == "random":
         return f"random masking (MAE), ratio {o.ratio:.2f}; {grid}"
     if setup.mask == "motion":
@@ -283,10 +286,11 @@ def present_persons(view: torch.Tensor) -> list[int]:
     return [m for m in range(view.shape[0]) if m == 0 or bool(nonzero[m])]
 
 
-def camera_xy(view: torch.Tensor) -> np.ndarray:
-    """(M, T, V, C) camera-space joints -> (M, T, V, 2) image coordinates (-x, y): the camera's view."""
+def camera_xy(view: torch.Tensor, topo: Topology = NTU25) -> np.ndarray:
+    """(M, T, V, C) joints -> (M, T, V, 2) drawing coordinates, y up: 3-D camera space as the camera
+    sees it (-x, y); 2-D image coordinates (y down) as (x, -y)."""
     xy = view[..., :2].numpy().astype(np.float64).copy()
-    xy[..., 0] *= -1
+    xy[..., 0 if topo.dims == 3 else 1] *= -1
     return xy
 
 
@@ -316,10 +320,11 @@ class _SkeletonArtists:
     """The artists of one skeleton panel: bones (LineCollection), visible and masked joints (scatter)
     per drawn person, updated in place per frame."""
 
-    def __init__(self, ax, persons: list[int], small: bool = False) -> None:
+    def __init__(self, ax, persons: list[int], small: bool = False, bones: np.ndarray | None = None) -> None:
         from matplotlib.collections import LineCollection
 
         self.persons = persons
+        self.bone_index = np.asarray(bones if bones is not None else NTU25.bones)
         self.bones, self.joints, self.masked = [], [], []
         lw, js, ms = (1.4, 6, 22) if small else (2.2, 12, 42)
         for k, m in enumerate(persons):
@@ -332,7 +337,7 @@ class _SkeletonArtists:
 
     def update(self, xy: np.ndarray, frame: int, masked: np.ndarray | None) -> None:
         """xy (M, T, V, 2); masked (M, V) bool of this frame, or None."""
-        bones = np.asarray(topology.BONES)
+        bones = self.bone_index
         for k, m in enumerate(self.persons):
             pts = xy[m, frame]
             self.bones[k].set_segments(np.stack([pts[bones[:, 0]], pts[bones[:, 1]]], axis=1))
@@ -424,7 +429,7 @@ def frame_indices(total: int, count: int) -> np.ndarray:
 def draw_gif(view: torch.Tensor, mask: torch.Tensor, setup: ClipSetup, title: str, frames: np.ndarray) -> list[np.ndarray]:
     """One RGB image (H, W, 3) uint8 per index of ``frames``. view (M, T, V, C); mask (M, n_t, V) bool."""
     persons = present_persons(view)
-    xy = camera_xy(view)
+    xy = camera_xy(view, setup.topology)
     hidden = mask.numpy()
     with_mask = setup.mask != "none"
     aspect = _panel_aspect(xy[persons])
@@ -443,7 +448,7 @@ def draw_gif(view: torch.Tensor, mask: torch.Tensor, setup: ClipSetup, title: st
         strip = fig.add_axes([left, bottom_h / height, right - left, strip_h / height])
         marker = _draw_strip(strip, hidden, persons, setup.t_patch)
     _header(fig, height, title, setup, persons)
-    artists = _SkeletonArtists(ax, persons)
+    artists = _SkeletonArtists(ax, persons, bones=np.asarray(setup.topology.bones))
     label = ax.text(0.98, 0.02, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#444444")
     images = []
     n_frames = view.shape[1]
@@ -461,7 +466,7 @@ def draw_sheet(view: torch.Tensor, mask: torch.Tensor, setup: ClipSetup, title: 
     """A contact sheet: one small panel per index of ``frames`` (3-4 per row) and the heat strip under
     them, the shown patches marked. view (M, T, V, C); mask (M, n_t, V) bool. Returns (H, W, 3) uint8."""
     persons = present_persons(view)
-    xy = camera_xy(view)
+    xy = camera_xy(view, setup.topology)
     hidden = mask.numpy()
     with_mask = setup.mask != "none"
     aspect = _panel_aspect(xy[persons])
@@ -483,7 +488,7 @@ def draw_sheet(view: torch.Tensor, mask: torch.Tensor, setup: ClipSetup, title: 
         ax = fig.add_axes([(x0 + c * (panel_w + gap_w)) / width, 1 - (top_in + panel_h) / height, panel_w / width, panel_h / height])
         _style_panel(ax, xlim, ylim)
         t = int(f) // setup.t_patch
-        _SkeletonArtists(ax, persons, small=True).update(xy, int(f), hidden[:, t] if with_mask else None)
+        _SkeletonArtists(ax, persons, small=True, bones=np.asarray(setup.topology.bones)).update(xy, int(f), hidden[:, t] if with_mask else None)
         ax.set_title(f"frame {f + 1}/{n_frames} · patch {t + 1}", fontsize=7, pad=2)
     if with_mask:
         strip = fig.add_axes([0.45 / width, bottom_h / height, 1 - 0.6 / width, strip_h / height])
@@ -520,10 +525,11 @@ def render_clip(
     kind = output_kind(out)
     if frames is not None and frames < 1:
         raise SkelError(f"--frames must be at least 1, got {frames}")
-    setup = resolve_setup(mask, checkpoint, open_info(data).dataset)
+    info = open_info(data)
+    setup = replace(resolve_setup(mask, checkpoint, info.dataset), topology=info.topology)
     clip = load_clip(data, name)
     view = clip_view(clip.joints, setup.num_frames, setup.test_crop)  # (M, F, V, C)
-    hidden = mask_tokens(view, setup.mask, t_patch=setup.t_patch, seed=seed, options=setup.options)  # (M, n_t, V)
+    hidden = mask_tokens(view, setup.mask, t_patch=setup.t_patch, seed=seed, options=setup.options, topo=setup.topology)  # (M, n_t, V)
     persons = present_persons(view)
     share = float(hidden[persons].float().mean()) if setup.mask != "none" else None
 
