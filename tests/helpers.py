@@ -89,3 +89,21 @@ def assert_gain(results: dict[str, tuple[float, float]], margin: float) -> None:
     """
     gains = {p: round(t - r, 4) for p, (t, r) in results.items()}
     assert all(g >= margin for g in gains.values()), f"gains {gains} (need >= {margin}) from {results}"
+
+
+def run_cli(*args):
+    """``skel ARGS`` through CliRunner (arguments stringified); returns the Result."""
+    from typer.testing import CliRunner
+
+    from skelcli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(r, text: str) -> None:
+    """A failed command that printed exactly one ``error:`` line containing ``text`` and no traceback."""
+    assert r.exit_code != 0, r.output
+    assert "Traceback" not in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], r.output

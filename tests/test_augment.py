@@ -154,3 +154,32 @@ def test_views_shapes_and_locals_inside_their_global_range(pad: int) -> None:
             gs, gl = views.global_range[parent]
             assert bool((ls >= gs).all()) and bool((ls + ll <= gs + gl).all())
             assert bool((ll >= 1).all())
+
+
+def test_bone_scale_official_mode_rebuilds_in_index_order_like_the_released_code():
+    """SLiM's released random_scale rebuilds joint v = 1..24 as new[parent] + s * bone, so a joint whose
+    parent has a higher index (Neck, both shoulders: parent SpineShoulder = 20) is placed from the origin.
+    Hand-written loop of that rule on a hand-built skeleton; "kinematic" keeps every bone scaled instead."""
+    import torch
+
+    from skelcli.data.augment import bone_scale
+    from skelcli.topology import NTU25
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 25, 3, generator=g)
+    factors = torch.tensor([[1.1, 0.9, 1.05], [0.95, 1.0, 1.15]])
+    group = {j: k for k, joints in enumerate(NTU25.scale_groups.values()) for j in joints}
+    expected = torch.zeros_like(x)
+    expected[:, :, 0] = x[:, :, 0]
+    for v in range(1, 25):
+        p = NTU25.parents[v]
+        s = factors[:, group[v]][:, None, None]
+        expected[:, :, v] = expected[:, :, p] + s * (x[:, :, v] - x[:, :, p])  # parent 20 still zero for v < 20
+    official = bone_scale(x, factors, NTU25, "official")
+    torch.testing.assert_close(official, expected)
+    assert not torch.allclose(official[:, :, 2], x[:, :, 20] + factors[:, 0, None, None] * (x[:, :, 2] - x[:, :, 20]))
+    kin = bone_scale(x, factors, NTU25, "kinematic")
+    for c, p in NTU25.bones:
+        s = factors[:, group[c]][:, None]
+        torch.testing.assert_close((kin[:, :, c] - kin[:, :, p]).norm(dim=-1), s * (x[:, :, c] - x[:, :, p]).norm(dim=-1))
+    torch.testing.assert_close(bone_scale(x, torch.ones(2, 3), NTU25, "kinematic"), x)

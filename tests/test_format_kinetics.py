@@ -6,18 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from typer.testing import CliRunner
 
-from skelcli.cli import app
 from skelcli.data.formats.kinetics import parse_clip
 from skelcli.data.store import open_info, read_rejected, read_samples
+from helpers import assert_one_line_error, run_cli as run
 
-runner = CliRunner()
 V = 18
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def reference(doc: dict) -> np.ndarray:
@@ -63,14 +57,6 @@ def write_root(root: Path, clips: dict[str, dict], labels: dict[str, dict], part
 
 def entry(index: int, label: str = "x", has: bool = True) -> dict:
     return {"has_skeleton": has, "label": label, "label_index": index}
-
-
-def assert_one_line_error(r, text: str) -> None:
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit)
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], r.output
 
 
 def test_synth_prepare_verify_and_exact_samples(tmp_path):

@@ -8,17 +8,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from typer.testing import CliRunner
 
-from skelcli.cli import app
 from skelcli.data.formats.nwucla import CLASS_NAMES, parse_name
 from skelcli.data.store import open_info, read_rejected, read_samples
+from helpers import assert_one_line_error, run_cli as run
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def clip(t: int, seed: int) -> list:
@@ -33,14 +27,6 @@ def write(folder: Path, name: str, skeletons, raw_text: str | None = None) -> Pa
     p = folder / f"{name}.json"
     p.write_text(raw_text if raw_text is not None else json.dumps({"skeletons": skeletons}))
     return p
-
-
-def assert_one_line_error(r, text: str) -> None:
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit)
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], r.output
 
 
 def test_synth_prepare_verify_and_exact_samples(tmp_path):

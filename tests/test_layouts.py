@@ -289,3 +289,30 @@ def test_every_format_through_every_method(prepared, tmp_path, fmt, topo, split,
               "--json", tmp_path / "probe.json")
     result = json.loads((tmp_path / "probe.json").read_text())
     assert 0.0 <= result["top1"] <= 1.0 and result["n_test"] > 0, out
+
+
+def test_schema_1_files_still_read_as_ntu25(tmp_path, data_file):
+    """A store written before topologies (schema_version 1, no topology attr) reads, trains and verifies."""
+    import shutil
+
+    import h5py
+
+    from skelcli.data.store import open_info, read_topology
+
+    old = tmp_path / "v1.h5"
+    shutil.copy(data_file, old)
+    with h5py.File(old, "r+") as f:
+        del f.attrs["topology"]
+        f.attrs["schema_version"] = 1
+    info = open_info(old)
+    assert info.schema_version == 1 and info.topology == NTU25 and read_topology(old) == NTU25
+    cli("info", old, "--verify")
+    cli("pretrain", "--method", "mamp", "--preset", "small", "--data", old, "--split", "xsub", "--epochs", "1",
+        "--batch-size", "4", "--set", "method.encoder.depth=1", "--out", tmp_path / "run")
+
+
+def test_encoder_settings_that_contradict_the_data_fail_with_the_field_name(tmp_path, prepared):
+    data = prepared("arrays", "h36m17")
+    out = cli("pretrain", "--method", "mae", "--preset", "small", "--data", data, "--split", "default", "--epochs", "1",
+              "--set", "method.encoder.num_joints=25", "--out", tmp_path / "run", ok=False)
+    assert "method.encoder.num_joints is 25" in out and "h36m17: 17 joints" in out

@@ -76,6 +76,81 @@ def test_dino_head_cosine_logits_and_prototype_freeze() -> None:
     assert head.prototypes.grad is not None
 
 
+def test_prototype_norm_g_is_trained_as_in_dinov2() -> None:
+    """weight_g starts at 1 and gets gradients (DINOv2 trains it; frozen with the rest of the last layer
+    in the first epoch); train_norm=False keeps it at 1."""
+    head = DINOHead(8, 10, hidden_dim=16, bottleneck_dim=4)
+    x = torch.randn(5, 8)
+    assert torch.equal(head.prototype_norm, torch.ones(10, 1)) and head.prototype_norm.requires_grad
+    head.freeze_prototypes = True
+    head(x).pow(2).sum().backward()
+    assert head.prototype_norm.grad is None
+    head.freeze_prototypes = False
+    head(x).pow(2).sum().backward()
+    assert head.prototype_norm.grad is not None and float(head.prototype_norm.grad.abs().sum()) > 0
+    with torch.no_grad():
+        unit = head(x)
+        head.prototype_norm.fill_(2.0)
+        torch.testing.assert_close(head(x), 2 * unit)  # w_k = g_k v_k / ||v_k||
+    fixed = DINOHead(8, 10, hidden_dim=16, bottleneck_dim=4, train_norm=False)
+    assert not fixed.prototype_norm.requires_grad
+    m = SLiM(small_settings())
+    names = {n for n, q in m.named_parameters() if q.requires_grad}
+    assert "dino_head.prototype_norm" in names and "ibot_head.prototype_norm" in names
+    assert not any(n.startswith("teacher.") for n in names)
+
+
+def test_gradient_clipping_groups_are_the_student_submodules() -> None:
+    """SLiM clips the backbone's, the DINO head's and the iBOT head's gradient norms separately (DINOv2):
+    a huge head gradient no longer shrinks the backbone's."""
+    m = SLiM(small_settings())
+    groups = m.clip_groups()
+    assert len(groups) == 3
+    assert [set(map(id, g)) for g in groups] == [set(map(id, mod.parameters())) for mod in (m.encoder, m.dino_head, m.ibot_head)]
+    for q in m.parameters():
+        q.grad = torch.full_like(q, 1e-3)
+    for q in m.dino_head.parameters():
+        q.grad = torch.full_like(q, 100.0)
+    before = torch.cat([q.grad.flatten() for q in m.encoder.parameters()]).norm()
+    for g in groups:
+        torch.nn.utils.clip_grad_norm_(g, 3.0)
+    after = torch.cat([q.grad.flatten() for q in m.encoder.parameters()]).norm()
+    assert float(after) == pytest.approx(float(min(before, 3.0)), rel=1e-5)
+    assert float(torch.cat([q.grad.flatten() for q in m.dino_head.parameters()]).norm()) == pytest.approx(3.0, rel=1e-4)
+    assert len(SLiM(small_settings(clip_per_submodule=False)).clip_groups()) == 1
+
+
+def test_local_mask_ratios_stay_in_order_and_global_ones_are_shuffled() -> None:
+    from skelcli.models.tube_masking import stratified_ratios
+
+    g = torch.Generator().manual_seed(0)
+    r = stratified_ratios(8, 0.5, 0.9, g, shuffle=False)
+    edges = torch.linspace(0.5, 0.9, 9)
+    assert bool(((r >= edges[:-1]) & (r <= edges[1:])).all()) and torch.equal(r, r.sort().values)
+    shuffled = stratified_ratios(64, 0.5, 0.9, torch.Generator().manual_seed(0))
+    assert not torch.equal(shuffled, shuffled.sort().values)
+    assert SlimSettings().shuffle_local_mask_ratios is False
+
+
+def test_slim_official_init() -> None:
+    """init="slim" = SLiM's init_weights_vit_timm: Linear trunc-normal 0.02 with zero bias, CLS and
+    registers N(0, 1e-6), mask token 0, position table trunc-normal 0.02 (slim/models/vision_transformer.py)."""
+    torch.manual_seed(0)
+    enc = SkeletonEncoder(SLIM_ENCODER)
+    assert SLIM_ENCODER.init == "slim"
+    qkv = enc.blocks[0].attn.qkv if hasattr(enc.blocks[0], "attn") else None
+    linears = [mod for name, mod in enc.named_modules() if isinstance(mod, torch.nn.Linear) and name != "patch_embed"]
+    w = torch.cat([mod.weight.detach().flatten() for mod in linears])
+    assert abs(float(w.std()) - 0.02) < 0.001  # trunc-normal at +-2 absolute (torch's default bounds): N(0, 0.02)
+    assert all(mod.bias is None or float(mod.bias.abs().max()) == 0 for mod in linears)
+    assert float(enc.cls_token.std()) < 1e-5 and float(enc.registers.std()) < 1e-5
+    assert float(enc.mask_embed.abs().max()) == 0
+    assert abs(float(enc.joint_embed.std()) - 0.02) < 0.005
+    assert qkv is None or qkv in linears
+    mamp = SkeletonEncoder(SLIM_ENCODER.model_copy(update={"init": "mamp"}))
+    assert float(mamp.cls_token.std()) > 1e-3  # MAMP's init: trunc-normal 0.02 for every embedding
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -292,3 +367,18 @@ def test_iteration_based_epochs_cycle_the_data(tmp_path) -> None:
     ckpt = load_checkpoint(run / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (2, 10)
     assert ckpt["settings"]["method"]["iterations_per_epoch"] == 5
+
+
+def test_paper_preset_follows_the_official_code_and_small_keeps_its_measured_deviations() -> None:
+    """Defaults = the released code (docs/slim.md "Fidelity settings"): per-submodule clipping (DINOv2 train
+    loop), trainable prototype norm (DINOv2 DINOHead), local mask ratios in order (slim/data/collate.py),
+    index-order bone scaling (slim/data/augmentations.py random_scale), init_weights_vit_timm
+    (slim/models/vision_transformer.py). The small preset keeps the three it was measured to need."""
+    from skelcli.engine.config import resolve_pretrain_settings
+
+    paper = resolve_pretrain_settings("slim", "paper").method
+    assert (paper.clip_per_submodule, paper.train_prototype_norm, paper.shuffle_local_mask_ratios, paper.scale_mode,
+            paper.encoder.init) == (True, True, False, "official", "slim")
+    small = resolve_pretrain_settings("slim", "small").method
+    assert (small.clip_per_submodule, small.train_prototype_norm, small.shuffle_local_mask_ratios, small.scale_mode,
+            small.encoder.init) == (True, True, True, "kinematic", "mamp")

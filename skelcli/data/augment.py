@@ -200,6 +200,24 @@ def _ancestor_matrix(device: torch.device, topo: Topology = NTU25) -> torch.Tens
     return a.to(device)
 
 
+def _index_order_matrices(device: torch.device, topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLiM's official ``random_scale`` as matrices: it rebuilds joint v = 1, 2, ... in index order as
+    ``new[parent] + scaled bone``, where a parent with a higher index is still all zeros. Returns
+    (A (V, V), r (V,)): new_j = r_j * x_root + sum_k A[j, k] * scaled_bone_k."""
+    v = topo.num_joints
+    a, r = torch.zeros(v, v), torch.zeros(v)
+    root = topo.root
+    r[root] = 1.0
+    for j in range(v):
+        p = topo.parents[j]
+        if p < 0:
+            continue
+        if p < j or p == root:  # rebuilt already (or the root, kept from the start)
+            a[j], r[j] = a[p], r[p]
+        a[j, j] = 1.0
+    return a.to(device), r.to(device)
+
+
 def _scale_group_index(topo: Topology = NTU25) -> list[int]:
     """Group index per child joint (``ntu25``: 0 torso, 1 arms, 2 legs); -1 for the root."""
     idx = [-1] * topo.num_joints
@@ -209,7 +227,7 @@ def _scale_group_index(topo: Topology = NTU25) -> list[int]:
     return idx
 
 
-def bone_scale(x: torch.Tensor, factors: torch.Tensor, topo: Topology = NTU25) -> torch.Tensor:
+def bone_scale(x: torch.Tensor, factors: torch.Tensor, topo: Topology = NTU25, mode: str = "kinematic") -> torch.Tensor:
     """Bone-aware scaling by forward kinematics (spec/slim.md 3.2 item 2).
 
     x: (B, T, V, C); factors: (B, G) with one factor per ``topo.scale_groups`` group (``ntu25``:
@@ -217,15 +235,26 @@ def bone_scale(x: torch.Tensor, factors: torch.Tensor, topo: Topology = NTU25) -
     factor and the skeleton is rebuilt from the root, whose trajectory is kept:
     y_j = x_root + sum over bones k on the root->j path of s_k * (x_k - x_parent(k)).
     Only the first ``topo.dims`` channels are scaled.
+
+    ``mode="official"`` reproduces SLiM's released ``random_scale`` (slim/data/augmentations.py), which
+    rebuilds joints in index order: a joint whose parent has a higher index (NTU: Neck, both shoulders
+    hang off SpineShoulder, joint 20) is placed relative to the origin instead of its parent, and so
+    is everything below it (:func:`_index_order_matrices`).
     """
+    if mode not in ("kinematic", "official"):
+        raise ValueError(f"bone_scale mode must be 'kinematic' or 'official', got {mode!r}")
     if x.shape[-1] > topo.dims:
-        return torch.cat([bone_scale(x[..., : topo.dims], factors, topo), x[..., topo.dims :]], dim=-1)
+        return torch.cat([bone_scale(x[..., : topo.dims], factors, topo, mode), x[..., topo.dims :]], dim=-1)
     root = topo.root
     parents = torch.tensor([max(p, 0) for p in topo.parents], device=x.device)
     bones = x - x.index_select(2, parents)  # root row becomes 0
     group = torch.tensor([max(g, 0) for g in _scale_group_index(topo)], device=x.device)
     s = factors.to(x.dtype).index_select(1, group)  # (B, V)
     s[:, root] = 0.0
+    if mode == "official":
+        anc, keep_root = (t.to(x.dtype) for t in _index_order_matrices(x.device, topo))
+        rebuilt = torch.einsum("jk,bk,btkc->btjc", anc, s, bones)
+        return keep_root[None, None, :, None] * x[:, :, root : root + 1] + rebuilt
     anc = _ancestor_matrix(x.device, topo).to(x.dtype)
     rebuilt = torch.einsum("jk,bk,btkc->btjc", anc, s, bones)
     return x[:, :, root : root + 1] + rebuilt
@@ -251,6 +280,7 @@ class AugmentConfig:
     rotate_p: float = 0.5
     tilt: float = 0.3  # |alpha|, |gamma| in radians
     yaw: float = 0.3  # |beta| about the vertical axis: 0.3 as coded; the paper figure says pi
+    scale_mode: str = "official"  # bone_scale's mode: "official" (SLiM's index-order rebuild) or "kinematic"
 
 
 def skeleton_augment(x: torch.Tensor, cfg: AugmentConfig, topo: Topology = NTU25) -> torch.Tensor:
@@ -268,7 +298,7 @@ def skeleton_augment(x: torch.Tensor, cfg: AugmentConfig, topo: Topology = NTU25
         factors = torch.empty(b, len(topo.scale_groups), device=dev).uniform_(lo, hi)
         apply = torch.rand(b, device=dev) < cfg.scale_p
         factors = torch.where(apply[:, None], factors, torch.ones_like(factors))
-        x = bone_scale(x, factors, topo)
+        x = bone_scale(x, factors, topo, cfg.scale_mode)
     if cfg.rotate_p > 0:
         alpha = torch.empty(b, device=dev).uniform_(-cfg.tilt, cfg.tilt)
         beta = torch.empty(b, device=dev).uniform_(-cfg.yaw, cfg.yaw)

@@ -392,6 +392,7 @@ class _PretrainLoop:
         self.schedule.load_state_dict(ckpt.get("scheduler", {}))
         _restore_rng(ckpt, self.ctx, self.cfg.runtime.seed)
         self.step = int(ckpt["step"])
+        self.method.on_resume(self.step, self.total_steps)
         return int(ckpt["epoch"]), int(ckpt.get("batch_in_epoch", 0))
 
     def save(self, path: Path, epochs_done: int, batch_in_epoch: int) -> Path:
@@ -451,7 +452,8 @@ class _PretrainLoop:
             self.run_dir.log({"kind": "error", "epoch": epoch, "step": self.step, "loss": loss_value, "error": "non-finite loss"})
             raise SkelError(f"non-finite loss ({loss_value}) at step {self.step} (epoch {epoch}); training stopped{where}")
         if cfg.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+            for group in self.method.clip_groups():  # each group's norm clipped on its own (SLiM: per submodule)
+                torch.nn.utils.clip_grad_norm_(group, cfg.optim.grad_clip)
         self.optimizer.step()
         self.method.after_step(self.step, self.total_steps)
         self.step += 1

@@ -135,11 +135,20 @@ class PretrainMethod(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch (e.g. freezing the prototype layer)."""
 
+    def on_resume(self, step: int, total_steps: int) -> None:
+        """Called after a checkpoint of ``step`` optimizer steps was restored, before the next step:
+        restore schedule-driven state that is not in the state dict (SLiM's teacher temperature)."""
+
     def downstream_encoder(self) -> SkeletonEncoder:
         return self.encoder
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return weight_decay_groups(self.named_parameters(), weight_decay)
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradient norms ``optim.grad_clip`` clips separately; one group (every
+        parameter, a global norm) by default."""
+        return [list(self.parameters())]
 
     def log_metrics(self) -> dict[str, float]:
         """Extra per-step scalars to log (e.g. GFP target std); empty by default."""

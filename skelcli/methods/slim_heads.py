@@ -2,8 +2,9 @@
 
 Both heads (CLS ``dino_head`` for GLCL, patch ``ibot_head`` for MFM) are DINOv2 DINOHeads:
 a 3-layer MLP in -> hidden -> hidden -> bottleneck with GELU, L2 normalisation, then a bias-free
-weight-normalised prototype layer whose weight_g is fixed to 1. With g = 1, weight normalisation
-is exactly "divide each prototype row by its norm", which is what :class:`DINOHead` does.
+weight-normalised prototype layer ``w_k = g_k * v_k / ||v_k||``. DINOv2 initialises g to 1 and trains
+it like any weight (lr and weight decay); ``train_norm=False`` keeps g = 1, DINO v1's
+``norm_last_layer``, which spec/slim.md 2.4 first assumed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class DINOHead(nn.Module):
     weight so it gets no gradient and AdamW skips it, as DINOv2's cancelled last-layer gradient.
     """
 
-    def __init__(self, in_dim: int, num_prototypes: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3) -> None:
+    def __init__(self, in_dim: int, num_prototypes: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3,
+                 train_norm: bool = True) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError("a DINO head needs at least one layer")
@@ -38,13 +40,17 @@ class DINOHead(nn.Module):
                 trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         proto = nn.Linear(bottleneck_dim, num_prototypes, bias=False)  # PyTorch default init, as DINOv2
-        self.prototypes = nn.Parameter(proto.weight.detach().clone())  # (K, bottleneck)
+        self.prototypes = nn.Parameter(proto.weight.detach().clone())  # (K, bottleneck): v
+        #: (K, 1) weight-norm magnitudes g, 1 at the start; 2-D so that AdamW decays it, as DINOv2 does.
+        self.prototype_norm = nn.Parameter(torch.ones(num_prototypes, 1), requires_grad=train_norm)
         self.freeze_prototypes = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.normalize(self.mlp(x), dim=-1, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
-        w = self.prototypes.detach() if self.freeze_prototypes else self.prototypes
-        return F.linear(z, F.normalize(w, dim=1))
+        w, g = self.prototypes, self.prototype_norm
+        if self.freeze_prototypes:  # DINOv2 cancels the whole last layer's gradient (v and g)
+            w, g = w.detach(), g.detach()
+        return F.linear(z, F.normalize(w, dim=1) * g)
 
 
 @torch.no_grad()

@@ -54,6 +54,10 @@ class EncoderConfig(StrictModel):
     pool: Literal["mean", "cls_mean"] = Field(
         "mean", description="downstream feature: mean of all tokens (MAMP) or CLS || mean patch tokens (SLiM)"
     )
+    init: Literal["mamp", "slim"] = Field(
+        "mamp", description="initialisation: MAMP's (xavier Linear, trunc-normal 0.02 embeddings) or SLiM's "
+        "official init_weights_vit_timm (trunc-normal 0.02 Linear, CLS / registers N(0, 1e-6), mask token 0)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "EncoderConfig":
@@ -125,12 +129,30 @@ class SkeletonEncoder(nn.Module):
 
     def _init(self) -> None:
         patch_state = {k: v.clone() for k, v in self.patch_embed.state_dict().items()}
-        self.apply(init_weights)
-        # The patch embedding keeps PyTorch's default init, as MAMP's Conv2d does (spec A.9).
+        if self.config.init == "slim":
+            # SLiM's DinoVisionTransformer.init_weights (slim/models/vision_transformer.py): every Linear
+            # trunc-normal 0.02 with zero bias, the position table trunc-normal 0.02, CLS and registers
+            # N(0, 1e-6), the mask token left at 0; LayerNorm 1 / 0.
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    trunc_normal_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.LayerNorm):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+            embeds, tiny = (self.joint_embed, self.temp_embed, self.cls_pos), (self.cls_token, self.registers)
+        else:
+            self.apply(init_weights)
+            embeds, tiny = (self.joint_embed, self.temp_embed, self.cls_token, self.cls_pos, self.registers, self.mask_embed), ()
+        # The patch embedding keeps PyTorch's default init, as MAMP's and SLiM's Conv2d do (spec A.9).
         self.patch_embed.load_state_dict(patch_state)
-        for p in (self.joint_embed, self.temp_embed, self.cls_token, self.cls_pos, self.registers, self.mask_embed):
+        for p in embeds:
             if p is not None:
                 trunc_normal_(p)
+        for p in tiny:
+            if p is not None:
+                nn.init.normal_(p, std=1e-6)
 
     # ------------------------------------------------------------------ tokens
     def embed(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:

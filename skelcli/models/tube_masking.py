@@ -136,13 +136,15 @@ def semantic_tube_masking(
     return (flat, tubes) if return_tubes else flat
 
 
-def stratified_ratios(n: int, lo: float = 0.5, hi: float = 0.9, generator: torch.Generator | None = None) -> torch.Tensor:
-    """n ratios, the i-th uniform in the i-th of n equal sub-intervals of [lo, hi], shuffled (spec 2.6)."""
+def stratified_ratios(n: int, lo: float = 0.5, hi: float = 0.9, generator: torch.Generator | None = None,
+                      shuffle: bool = True) -> torch.Tensor:
+    """n ratios, the i-th uniform in the i-th of n equal sub-intervals of [lo, hi] (spec 2.6), shuffled
+    unless ``shuffle`` is False (SLiM's local views: ``slim/data/collate.py`` keeps them in order)."""
     if n <= 0:
         return torch.zeros(0)
     edges = torch.linspace(lo, hi, n + 1)
     r = edges[:-1] + torch.rand(n, generator=generator) * (edges[1:] - edges[:-1])
-    return r[torch.randperm(n, generator=generator)]
+    return r[torch.randperm(n, generator=generator)] if shuffle else r
 
 
 def global_view_ratios(
