@@ -121,3 +121,33 @@ def test_sgd_head_reports_last_and_best_epoch():
     assert ex["best_top1"] == max(ex["history"]) and ex["history"][ex["best_epoch"] - 1] == ex["best_top1"]
     assert ex["best_top1"] > 1 / 3  # above chance on an easy problem
     assert all(not p.requires_grad for p in enc.parameters())  # frozen
+    assert (ex["head_batch_size"], ex["steps_per_epoch"]) == (8, 2)  # 18 clips: two full batches, the rest dropped
+
+
+def test_mamp_linear_recipe_is_the_official_one():
+    """lr and global batch of MAMP's linear probe per data set (main_linprobe.py, launched by
+    script_linprobe.sh on 2 GPUs with config/*/linprobe_t120_layer8.yaml's per-GPU batch; spec/
+    protocols-and-checkpoints.md 3.1): NTU 0.1 at 2 x 128, PKU-I 0.1 at 2 x 64, PKU-II 0.01 at 2 x 16."""
+    from skelcli.eval.probe import mamp_linear_recipe
+
+    assert mamp_linear_recipe("ntu60") == mamp_linear_recipe("ntu120") == (0.1, 256)
+    assert mamp_linear_recipe("pku-mmd-v1") == (0.1, 128)
+    assert mamp_linear_recipe("pku-mmd-v2") == (0.01, 32)
+    assert mamp_linear_recipe("my_clips") == (0.1, 256)
+
+
+def test_mamp_finetune_head_is_xavier_initialised():
+    """MAMP's Transformer._init_weights (model/transformer.py) gives the fine-tune head's Linear layers
+    xavier-uniform weights and zero biases (spec/protocols-and-checkpoints.md 3.2)."""
+    import math
+
+    from skelcli.eval.heads import MampFinetuneHead
+
+    torch.manual_seed(0)
+    head = MampFinetuneHead(dim=32, num_joints=25, num_classes=60)
+    for fc in (head.fc1, head.fc2):
+        bound = math.sqrt(6 / (fc.in_features + fc.out_features))
+        w = fc.weight.detach()
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.95 * bound
+        assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.05 * bound
+        assert torch.all(fc.bias == 0)

@@ -82,8 +82,10 @@ def probe(
     head: str = typer.Option("sklearn", "--head", help="linear head: sklearn (logistic regression) | sgd (papers' protocol)"),
     k: int = typer.Option(20, "--k", help="kNN neighbours (distance-weighted, cosine)."),
     epochs: int = typer.Option(100, "--epochs", help="Epochs of the sgd head."),
-    lr: float = typer.Option(0.1, "--lr", help="Learning rate of the sgd head (spec C.1: 0.1)."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Clips per batch for feature extraction / sgd."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the sgd head (default: MAMP's for the data set: 0.1, PKU-II 0.01)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Clips per batch of feature extraction."),
+    head_batch_size: Optional[int] = typer.Option(
+        None, "--head-batch-size", help="Global batch of the sgd head (default: MAMP's, 256 for NTU, 128 PKU-I, 32 PKU-II; last partial batch dropped)."),
     person_pool: Optional[str] = typer.Option(None, "--person-pool", help="mean | mean_valid | concat (default from the method)."),
     device: str = _device_opt,
     random_init: bool = _random_opt,
@@ -112,7 +114,7 @@ def probe(
 
     with console.status(f"probe {protocol}: extracting features"):
         res = run_probe(checkpoint, data, split, out_dir, kind=protocol, head=head, k=k, epochs=epochs, lr=lr,
-                        batch_size=batch_size, person_pool=person_pool, device=device, random_init=random_init,
+                        batch_size=batch_size, head_batch_size=head_batch_size, person_pool=person_pool, device=device, random_init=random_init,
                         preset=preset, seed=seed, cache=not no_cache, on_epoch=on_epoch)
     table = Table(title=f"skel probe {protocol}", show_header=False)
     table.add_column("field", style="bold")

@@ -4,7 +4,8 @@
   eps 1e-6) then Linear, weight trunc-normal std 0.01 (MoCo v3 style), bias 0.
 * :class:`MampFinetuneHead` — spec A.10 ``ActionHeadFinetune``: dropout 0.3 on the token features,
   mean over the temporal segments keeping joints apart -> (N, M, V*D), mean over persons, then
-  Linear(V*D, 2048) -> BatchNorm1d(2048) -> ReLU -> Linear(2048, classes).
+  Linear(V*D, 2048) -> BatchNorm1d(2048) -> ReLU -> Linear(2048, classes); both Linear layers
+  xavier-uniform with zero bias, as MAMP's ``_init_weights`` (spec/protocols-and-checkpoints.md 3.2).
 * :class:`PooledLinearHead` — SLiM semi-supervised head (spec/slim.md 5.3): one Linear on the
   encoder's pooled [CLS || mean patch] feature, averaged over non-empty persons.
 * :func:`layer_decay_multipliers` — spec C.2 table (decay 0.8, L = depth + 1).
@@ -54,6 +55,9 @@ class MampFinetuneHead(nn.Module):
         self.fc1 = nn.Linear(num_joints * dim, hidden)
         self.bn = nn.BatchNorm1d(hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
+        for fc in (self.fc1, self.fc2):  # MAMP's Transformer._init_weights: xavier-uniform, zero bias
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
 
     def forward(self, tokens: torch.Tensor, person_valid: torch.Tensor | None = None) -> torch.Tensor:
         n, m, l, d = tokens.shape

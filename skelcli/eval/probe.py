@@ -80,6 +80,19 @@ def knn_probe(
     return ProbeResult("knn", classification_metrics(proba, test_y, num_classes), {"k": k_eff})
 
 
+#: MAMP's linear-probe recipe per dataset, (lr, global batch): main_linprobe.py run by script_linprobe.sh on
+#: 2 GPUs with the config's per-GPU batch (config/*/linprobe_t120_layer8.yaml; spec/protocols-and-checkpoints.md
+#: 3.1): NTU 0.1 at 2 x 128, PKU-I 0.1 at 2 x 64, PKU-II 0.01 at 2 x 16. Absolute learning rates (no
+#: batch scaling); the training loader drops the last partial batch.
+MAMP_LINEAR = {"ntu60": (0.1, 256), "ntu120": (0.1, 256), "pku-mmd-v1": (0.1, 128), "pku-mmd-v2": (0.01, 32)}
+MAMP_LINEAR_DEFAULT = (0.1, 256)
+
+
+def mamp_linear_recipe(dataset: str) -> tuple[float, int]:
+    """(lr, global batch) of MAMP's linear probe for ``dataset`` (NTU's for any other data)."""
+    return MAMP_LINEAR.get(dataset, MAMP_LINEAR_DEFAULT)
+
+
 def sgd_linear_probe(
     encoder: torch.nn.Module,
     train_split,
@@ -98,6 +111,9 @@ def sgd_linear_probe(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> ProbeResult:
     """The papers' linear probe (spec C.1) with augmented re-encoding of the training clips each epoch.
+
+    Batches of ``batch_size`` clips; the last partial batch of an epoch is dropped, as MAMP's loader
+    does (``drop_last``). A split smaller than one batch trains on all of it as one batch per epoch.
 
     train_split: :class:`~skelcli.eval.features.SplitData`. test_x: (n_test, F) centre-crop
     features. The encoder stays frozen and in eval mode; only the head trains (BN in train mode).
@@ -119,7 +135,8 @@ def sgd_linear_probe(
     head = LinearProbeHead(test_x.shape[1], num_classes).to(dev)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
     n = len(train_split)
-    steps_per_epoch = max(1, -(-n // batch_size))
+    full = n // batch_size
+    steps_per_epoch = max(1, full)
     sched = LRSchedule(opt, lr=lr, min_lr=0.0, warmup_epochs=0, epochs=epochs, steps_per_epoch=steps_per_epoch, weight_decay=0.0)
     test_t = torch.from_numpy(test_x).to(dev)
     frames = encoder.config.num_frames
@@ -129,9 +146,9 @@ def sgd_linear_probe(
     for epoch in range(epochs):
         head.train()
         order = shuffle.permutation(n)
-        for idx in iter_batches(n, batch_size):
+        for idx in list(iter_batches(n, batch_size))[:steps_per_epoch]:  # drop_last (one short batch if n < batch)
             rows = order[idx]
-            if len(rows) < 2:  # BatchNorm needs two samples; a trailing single clip is skipped
+            if len(rows) < 2:  # BatchNorm needs two samples
                 continue
             batch = train_split.batch(rows, dev)
             with torch.no_grad():
@@ -154,7 +171,7 @@ def sgd_linear_probe(
     metrics = classification_metrics(logits, test_y, num_classes)  # last epoch
     best_metrics = classification_metrics(best[2], test_y, num_classes)
     extra = {
-        "head": "sgd", "epochs": epochs, "lr": lr, "batch_size": batch_size,
+        "head": "sgd", "epochs": epochs, "lr": lr, "head_batch_size": batch_size, "steps_per_epoch": steps_per_epoch,
         "last_top1": history[-1], "best_top1": best[0], "best_epoch": best[1] + 1, "best_top5": best_metrics["top5"],
         "history": history,
     }
@@ -171,8 +188,9 @@ def run_probe(
     head: str = "sklearn",
     k: int = 20,
     epochs: int = 100,
-    lr: float = 0.1,
+    lr: float | None = None,
     batch_size: int = 128,
+    head_batch_size: int | None = None,
     person_pool: str | None = None,
     device: str = "auto",
     random_init: bool = False,
@@ -182,7 +200,11 @@ def run_probe(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """``skel probe``: features of the train and test splits, then the probe; writes confusion files and
-    ``metrics.json`` into ``out_dir``. Returns the JSON-ready summary."""
+    ``metrics.json`` into ``out_dir``. Returns the JSON-ready summary.
+
+    ``batch_size``: clips per feature-extraction batch. The sgd head follows MAMP's recipe
+    (:func:`mamp_linear_recipe`: the data set's lr and global batch) unless ``lr`` / ``head_batch_size``
+    are given; the result's ``recipe`` says which."""
     from skelcli.eval.features import check_batch_size, check_person_pool, default_person_pool, extract_features, load_split, prepare_encoder
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
 
@@ -196,8 +218,10 @@ def run_probe(
     check_person_pool(person_pool)
     if epochs < 1:
         raise SkelError(f"--epochs must be >= 1, got {epochs}")
-    if not (math.isfinite(lr) and lr > 0):
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise SkelError(f"--lr must be a finite number > 0, got {lr}")
+    if head_batch_size is not None and head_batch_size < 2:
+        raise SkelError(f"--head-batch-size must be >= 2 (the head's BatchNorm needs two clips), got {head_batch_size}")
     encoder, info, dinfo = prepare_encoder(checkpoint, data_path, protocol, random_init=random_init, preset=preset, seed=seed)
     pool = person_pool or default_person_pool(info.method)
     out_dir = Path(out_dir)
@@ -212,8 +236,12 @@ def run_probe(
     elif head == "sklearn":
         result = sklearn_linear_probe(tr_x, tr_y, te_x, te_y, num_classes, seed=seed)
     else:
-        result = sgd_linear_probe(encoder, train_split, te_x, te_y, num_classes, person_pool=pool, epochs=epochs, lr=lr,
-                                  batch_size=batch_size, device=device, seed=seed, on_epoch=on_epoch)
+        recipe_lr, recipe_batch = mamp_linear_recipe(str(dinfo.dataset))
+        result = sgd_linear_probe(encoder, train_split, te_x, te_y, num_classes, person_pool=pool, epochs=epochs,
+                                  lr=recipe_lr if lr is None else lr, batch_size=head_batch_size or recipe_batch,
+                                  device=device, seed=seed, on_epoch=on_epoch)
+        custom = [name for name, v in (("lr", lr), ("head batch", head_batch_size)) if v is not None]
+        result.extra["recipe"] = "mamp" + (f" ({', '.join(custom)} set by hand)" if custom else "")
     files = save_confusion(result.metrics["confusion"], out_dir, class_names=getattr(dinfo, "class_names", None))
     summary = {
         "protocol": kind, "head": head if kind == "linear" else None,
