@@ -29,13 +29,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/skel demo --out demo_out
 
-# The four pretraining-gain files take 90-180 s each: listed first, they are dealt out to the two workers
-# before the short files (pytest drops the second mention of a file), so that both workers end together.
-HEAVY_TESTS = tests/test_pretraining_gain.py tests/test_pretraining_gain_gfp.py tests/test_pretraining_gain_mae.py \
-	tests/test_pretraining_gain_slim.py
-
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(HEAVY_TESTS) tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
 	$(BIN)/skel benchmark --measure-throughput --json docs/bench_cpu.json

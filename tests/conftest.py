@@ -54,3 +54,15 @@ def medium_h5(tmp_path_factory) -> Path:
             medium_data(root)
             done.write_text("ok\n")
     return root / "medium.h5"
+
+
+#: Test files that take 90-180 s each (a small-preset pretraining on the demo's data).
+HEAVY_FILES = ("test_pretraining_gain.py", "test_pretraining_gain_gfp.py", "test_pretraining_gain_mae.py",
+               "test_pretraining_gain_slim.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the heavy files first: pytest-xdist (``--dist loadfile``) deals files out in collection order, so
+    the two workers each take two of them at the start and then share the short files, and finish together
+    instead of one worker running two heavy files at the end while the other idles."""
+    items.sort(key=lambda item: item.path.name not in HEAVY_FILES)  # stable: keeps the order within each group
