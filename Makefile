@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/skel demo --out demo_out
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	$(BIN)/skel benchmark --measure-throughput --json docs/bench_cpu.json

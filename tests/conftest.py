@@ -62,7 +62,7 @@ HEAVY_FILES = ("test_pretraining_gain.py", "test_pretraining_gain_gfp.py", "test
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run the heavy files first: pytest-xdist (``--dist loadfile``) deals files out in collection order, so
-    the two workers each take two of them at the start and then share the short files, and finish together
-    instead of one worker running two heavy files at the end while the other idles."""
+    """Run the heavy files first: pytest-xdist hands work out in collection order, so the two workers
+    start with them and then share the short tests, and finish together instead of one worker running
+    heavy tests at the end while the other idles."""
     items.sort(key=lambda item: item.path.name not in HEAVY_FILES)  # stable: keeps the order within each group

@@ -20,6 +20,9 @@ from typer.testing import CliRunner
 import skelcli
 from skelcli.cli import app
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("api")
+
 
 def _ok(args: list[str]) -> str:
     r = CliRunner().invoke(app, [str(a) for a in args])

@@ -21,6 +21,9 @@ from skelcli.errors import SkelError
 from skelcli.models.encoder import EncoderConfig
 from test_eval_cli import _as_store_samples, _toy_clips, make_checkpoint, write_toy_store
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("bad_input")
+
 runner = CliRunner()
 
 

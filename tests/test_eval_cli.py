@@ -15,6 +15,9 @@ from skelcli.engine.checkpoint import load_checkpoint, load_encoder, save_checkp
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 from skelcli.settings import to_jsonable
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("eval_cli")
+
 runner = CliRunner()
 TINY = EncoderConfig(num_frames=16, t_patch=4, dim=16, depth=1, heads=2)
 

@@ -21,6 +21,9 @@ from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 from skelcli.settings import to_jsonable
 from test_pretrain_cli import TINY
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("export")
+
 runner = CliRunner()
 
 KINDS = ("mamp", "slim", "finetuned", "slim_finetuned")

@@ -20,6 +20,9 @@ from skelcli.cli import app
 from skelcli.errors import SkelError
 from skelcli.topology import BUILTIN, NTU25, Topology, get_topology, load_topology
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("layouts")
+
 runner = CliRunner()
 
 

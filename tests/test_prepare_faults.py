@@ -27,6 +27,9 @@ from skelcli.cli import app
 from skelcli.data.ntu import format_skeleton
 from skelcli.data.store import open_info, read_rejected, read_samples
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("prepare_faults")
+
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 #: Generous: the machine running the suite may be loaded.

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from helpers import assert_gain, json_top1, pretrain_small, probe_vs_random
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("mamp_gain")
+
 MARGIN = 0.03
 FINETUNE_MARGIN = 0.05
 

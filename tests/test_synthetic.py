@@ -27,6 +27,9 @@ from skelcli.data.synthetic import (
 from skelcli.errors import SkelError
 from skelcli.topology import BONES, PARENTS
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("synthetic")
+
 SMALL = dict(classes=3, subjects=2, setups=1, replications=1, min_frames=40, max_frames=80)
 
 

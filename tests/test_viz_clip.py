@@ -17,6 +17,9 @@ from skelcli.models.tube_masking import semantic_tube_masking, stratified_ratios
 from skelcli.topology import NUM_JOINTS
 from skelcli.viz.clip import MaskOptions, clip_view, load_clip, mask_tokens, resolve_setup
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("viz_clip")
+
 iio = pytest.importorskip("imageio.v3")
 pytest.importorskip("matplotlib")
 

@@ -14,6 +14,9 @@ from typer.testing import CliRunner
 from skelcli.cli import app
 from test_eval_cli import make_checkpoint
 
+#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("viz_embed")
+
 runner = CliRunner()
 
 
