@@ -56,6 +56,25 @@ def medium_h5(tmp_path_factory) -> Path:
     return root / "medium.h5"
 
 
+@pytest.fixture(scope="session")
+def medium_mamp_checkpoint(medium_h5) -> Path:
+    """`skel pretrain --method mamp --preset small --seed 0` on medium_h5, once per test session: the
+    pytest-xdist workers share it through a lock file, as medium_h5 (two tests use it, and a module
+    fixture would be rebuilt whenever the scheduler splits or interleaves them). Tests must not modify it."""
+    import fcntl
+
+    from helpers import pretrain_small
+
+    root = medium_h5.parent
+    with open(root / ".lock-mamp", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ckpt = root / "mamp" / "last.pt"
+        if not (root / "mamp-ready").exists():
+            pretrain_small(medium_h5, "mamp", root / "mamp")
+            (root / "mamp-ready").write_text("ok\n")
+    return ckpt
+
+
 #: Test files that take 90-180 s each (a small-preset pretraining on the demo's data).
 HEAVY_FILES = ("test_pretraining_gain.py", "test_pretraining_gain_gfp.py", "test_pretraining_gain_mae.py",
                "test_pretraining_gain_slim.py")

@@ -74,8 +74,8 @@ def probe_vs_random(h5, ckpt, tmp_path) -> dict[str, tuple[float, float]]:
     for proto in ("linear", "knn"):
         common = ["probe", "--checkpoint", str(ckpt), "--data", str(h5), "--split", "xsub", "--protocol", proto,
                   "--device", "cpu", "--no-cache"]
-        out[proto] = (json_top1(common, tmp_path / f"{proto}-trained.json"),
-                      json_top1([*common, "--random-init"], tmp_path / f"{proto}-random.json"))
+        out[proto] = (json_top1([*common, "--out", str(tmp_path / f"{proto}-trained")], tmp_path / f"{proto}-trained.json"),
+                      json_top1([*common, "--random-init", "--out", str(tmp_path / f"{proto}-random")], tmp_path / f"{proto}-random.json"))
     return out
 
 

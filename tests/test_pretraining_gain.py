@@ -13,18 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import assert_gain, json_top1, pretrain_small, probe_vs_random
-
-#: One pytest-xdist worker runs this whole file (its module fixture is built once; make test uses --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("mamp_gain")
+from helpers import assert_gain, json_top1, probe_vs_random
 
 MARGIN = 0.03
 FINETUNE_MARGIN = 0.05
 
 
-@pytest.fixture(scope="module")
-def mamp_checkpoint(medium_h5, tmp_path_factory) -> Path:
-    return pretrain_small(medium_h5, "mamp", tmp_path_factory.mktemp("gain") / "mamp")
+@pytest.fixture
+def mamp_checkpoint(medium_mamp_checkpoint) -> Path:
+    return medium_mamp_checkpoint
 
 
 def test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes(medium_h5, mamp_checkpoint, tmp_path):
