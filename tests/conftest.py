@@ -75,13 +75,25 @@ def medium_mamp_checkpoint(medium_h5) -> Path:
     return ckpt
 
 
-#: Test files that take 90-180 s each (a small-preset pretraining on the demo's data).
-HEAVY_FILES = ("test_pretraining_gain.py", "test_pretraining_gain_gfp.py", "test_pretraining_gain_mae.py",
-               "test_pretraining_gain_slim.py")
+#: Tests that take 60-180 s each (a small-preset pretraining on the demo's data), in the order they start:
+#: the MAMP gain test builds the shared MAMP checkpoint while the GFP one runs; the fine-tuning test, which
+#: reuses that checkpoint, comes last, so that no worker waits for the other's checkpoint.
+HEAVY_TESTS = (
+    "test_pretraining_gain.py::test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_pretraining_gain_gfp.py::test_gfp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_pretraining_gain_mae.py::test_mae_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_pretraining_gain_slim.py::test_slim_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_pretraining_gain.py::test_finetuning_the_pretrained_encoder_beats_from_scratch",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run the heavy files first: pytest-xdist hands work out in collection order, so the two workers
-    start with them and then share the short tests, and finish together instead of one worker running
-    heavy tests at the end while the other idles."""
-    items.sort(key=lambda item: item.path.name not in HEAVY_FILES)  # stable: keeps the order within each group
+    """Run the heavy tests first, in HEAVY_TESTS order: pytest-xdist hands work out in collection order,
+    so the two workers start with them and then share the short tests, and finish together instead of
+    one worker running heavy tests at the end while the other idles."""
+    rank = {name: i for i, name in enumerate(HEAVY_TESTS)}
+
+    def key(item) -> int:
+        return rank.get(f"{item.path.name}::{item.name}", len(rank))
+
+    items.sort(key=key)  # stable: the short tests keep their order

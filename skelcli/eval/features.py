@@ -102,6 +102,19 @@ class SplitData:
                          self.dims)
 
 
+def preset_encoder_config(preset: str, topology):
+    """The encoder config of ``preset`` ("small": the pretraining small preset, "paper": MAMP's) for data
+    of ``topology`` (its joint count and values per joint): the shape of --random-init / --from-scratch
+    encoders without a checkpoint."""
+    from skelcli.methods.mae import small_encoder_config
+    from skelcli.models.encoder import EncoderConfig
+
+    if preset not in ("small", "paper"):
+        raise SkelError(f"unknown preset {preset!r}; available: paper, small")
+    cfg = small_encoder_config() if preset == "small" else EncoderConfig()
+    return cfg.model_copy(update={"num_joints": topology.num_joints, "in_chans": topology.channels})
+
+
 def data_info(path: str | Path):
     """The prepared file's :class:`StoreInfo`; a missing file is a one-line SkelError."""
     from skelcli.data.store import open_info
@@ -330,8 +343,7 @@ def prepare_encoder(
     """
     from skelcli.engine.checkpoint import EncoderInfo, check_head_classes, load_encoder
     from skelcli.engine.config import check_encoder_fits
-    from skelcli.methods.mae import small_encoder_config
-    from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
+    from skelcli.models.encoder import SkeletonEncoder
 
     dinfo = data_info(data_path)
     check_split(dinfo, protocol)
@@ -344,10 +356,7 @@ def prepare_encoder(
             encoder = SkeletonEncoder(encoder.config).eval()
             info.epoch = 0
     elif random_init:
-        if preset not in ("small", "paper"):
-            raise SkelError(f"unknown preset {preset!r}; available: paper, small")
-        cfg = small_encoder_config() if preset == "small" else EncoderConfig()
-        cfg = cfg.model_copy(update={"num_joints": dinfo.topology.num_joints, "in_chans": dinfo.topology.channels})
+        cfg = preset_encoder_config(preset, dinfo.topology)
         torch.manual_seed(seed)
         encoder = SkeletonEncoder(cfg).eval()
         info = EncoderInfo(method="random", dataset=None, num_classes=None, epoch=0, input_frames=cfg.num_frames,

@@ -402,11 +402,9 @@ def run_finetune(
         encoder_config = encoder.config
         state = None if s.from_scratch else {k: v.clone() for k, v in encoder.state_dict().items()}
     elif s.from_scratch:
-        from skelcli.methods.mae import small_encoder_config
-        from skelcli.models.encoder import EncoderConfig
+        from skelcli.eval.features import preset_encoder_config
 
-        encoder_config = small_encoder_config() if preset == "small" else EncoderConfig()
-        encoder_config = encoder_config.model_copy(update={"num_joints": dinfo.topology.num_joints, "in_chans": dinfo.topology.channels})
+        encoder_config = preset_encoder_config(preset, dinfo.topology)
         state = None
     else:
         raise SkelError("--checkpoint is required unless --from-scratch is given")
