@@ -205,6 +205,7 @@ def test_bad_toml_section(files, tmp_path):
     (["probe", "--head", "sgd", "--epochs", "0"], ["--epochs must be >= 1"]),
     (["probe", "--head", "sgd", "--lr", "-1"], ["--lr must be a finite number > 0"]),
     (["probe", "--head", "sgd", "--lr", "inf"], ["--lr must be a finite number > 0"]),
+    (["probe", "--head", "sgd", "--head-batch-size", "1"], ["--head-batch-size must be >= 2"]),
     (["finetune", "--preset", "small", "--batch-size", "0"], ["batch_size"]),
     (["finetune", "--preset", "small", "--lr", "nan"], ["lr", "finite"]),
 ])

@@ -319,3 +319,36 @@ def test_encoder_settings_that_contradict_the_data_fail_with_the_field_name(tmp_
     out = cli("pretrain", "--method", "mae", "--preset", "small", "--data", data, "--split", "default", "--epochs", "1",
               "--set", "method.encoder.num_joints=25", "--out", tmp_path / "run", ok=False)
     assert "method.encoder.num_joints is 25" in out and "h36m17: 17 joints" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["prepare", "arrays", "--raw", "{raw}", "--topology", "kinect20", "--test-fraction", "1.5", "--out", "{out}", "--force"],
+     ["--test-fraction must be between 0 and 1"]),
+    (["prepare", "arrays", "--raw", "{raw}", "--out", "{out}", "--force"], ["arrays: pass --topology"]),
+    (["prepare", "arrays", "--raw", "{raw}", "--topology", "kinect20", "--workers", "2", "--out", "{out}", "--force"],
+     ["--workers applies to the raw NTU / PKU-MMD kinds"]),
+    (["prepare", "arrays", "--raw", "{raw}", "--topology", "kinect20", "--out", "{out}"], ["exists; pass --force"]),
+    (["prepare", "ntu60", "--raw", "{raw}", "--topology", "coco17", "--out", "{out}", "--force"],
+     ["--topology and --protocol apply to the formats"]),
+    (["prepare", "ctrgcn-npz", "--raw", "{raw}", "--out", "{out}", "--force"], ["ctrgcn-npz"]),
+    (["synth", "arrays", "--out", "{tmp}/s", "--per-class", "0"], ["--classes and --per-class must be at least 1"]),
+    (["synth", "ntu60", "--out", "{tmp}/s", "--topology", "coco17"], ["--topology applies to the formats"]),
+    (["synth", "nope", "--out", "{tmp}/s"], ["unknown dataset 'nope'"]),
+    (["export-arrays", "{tmp}/missing.h5", "--out", "{tmp}/e"], ["no such file"]),
+    (["export-arrays", "{out}", "--out", "{raw}"], ["is not empty; pass --force"]),
+    (["export-arrays", "{out}", "--out", "{tmp}/e", "--split", "xsub"], ["unknown protocol 'xsub'", "default"]),
+])
+def test_bad_values_of_the_new_options_fail_with_one_line_and_lose_nothing(tmp_path, args, words):
+    """Every new command / flag of issue 14: a bad value is one ``error:`` line, no traceback, and the
+    existing store and raw folder are byte-identical afterwards."""
+    from helpers import assert_one_line_error, run_cli
+
+    raw, out = tmp_path / "raw", tmp_path / "data.h5"
+    cli("synth", "arrays", "--out", raw, "--topology", "kinect20", "--classes", "2", "--per-class", "4")
+    cli("prepare", "arrays", "--raw", raw, "--topology", "kinect20", "--out", out)
+    before = {p: p.read_bytes() for p in [out, *sorted(raw.iterdir())]}
+    r = run_cli(*[a.format(raw=raw, out=out, tmp=tmp_path) for a in args])
+    for word in words:
+        assert_one_line_error(r, word)
+    assert {p: p.read_bytes() for p in [out, *sorted(raw.iterdir())]} == before
+    assert not (tmp_path / "e").exists() and not (tmp_path / "s").exists()

@@ -78,7 +78,7 @@ def prepare(
     (exit 143) removes the temporary file and leaves an existing OUT as it was; temporary files of
     runs killed outright (kill -9) are removed by the next run.
     """
-    from skelcli.data.prepare import Terminated, default_settings, prepare_dataset, sigterm_raises
+    from skelcli.data.prepare import default_settings, prepare_dataset
     from skelcli.paths import check_out_file
 
     check_out_file(json_out, "--json")
@@ -102,10 +102,18 @@ def prepare(
         if max_frames < 0:
             raise SkelError(f"--max-frames must be 0 (keep every frame) or positive, got {max_frames}")
         settings = settings.model_copy(update={"max_frames": max_frames or None})
+    _run_and_report(lambda: prepare_dataset(kind.value, raw, out, settings, workers=workers, force=force, progress=True,
+                                            missing_list=missing_list, verify_inputs=verify_inputs.value), json_out)
+
+
+def _run_and_report(build, json_out: Optional[Path]) -> None:
+    """Run ``build()`` (a prepare that returns a PrepareReport) with SIGTERM as exit 143, print the report
+    table and write it as JSON when asked."""
+    from skelcli.data.prepare import Terminated, sigterm_raises
+
     try:
         with sigterm_raises():
-            report = prepare_dataset(kind.value, raw, out, settings, workers=workers, force=force, progress=True,
-                                     missing_list=missing_list, verify_inputs=verify_inputs.value)
+            report = build()
     except Terminated:
         fail("interrupted", code=143)
     _render_report(report)
@@ -116,22 +124,13 @@ def prepare(
 
 def _prepare_format(fmt, raw, out, topology, protocols, split_seed, test_fraction, force, json_out) -> None:
     from skelcli.data.formats import ImportOptions, prepare_format
-    from skelcli.data.prepare import Terminated, sigterm_raises
     from skelcli.topology import get_topology
 
     if not 0 < test_fraction < 1:
         raise SkelError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     options = ImportOptions(topology=get_topology(topology) if topology else None, protocols=list(protocols),
                             split_seed=split_seed, test_fraction=test_fraction)
-    try:
-        with sigterm_raises():
-            report = prepare_format(fmt, raw, out, options, force=force, progress=True)
-    except Terminated:
-        fail("interrupted", code=143)
-    _render_report(report)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_json(), indent=2))
+    _run_and_report(lambda: prepare_format(fmt, raw, out, options, force=force, progress=True), json_out)
 
 
 def _render_report(r) -> None:

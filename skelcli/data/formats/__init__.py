@@ -23,6 +23,7 @@ Layout conventions shared by every importer:
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
@@ -83,7 +84,7 @@ class Imported:
     warnings: list[str] = field(default_factory=list)
 
 
-class Importer:
+class Importer(ABC):
     """One format. Subclasses set ``name``, ``default_topology`` and ``help``, and implement
     :meth:`read` and :meth:`write_synthetic`."""
 
@@ -91,12 +92,13 @@ class Importer:
     default_topology: ClassVar[str]
     help: ClassVar[str]
 
+    @abstractmethod
     def read(self, raws: Sequence[Path], options: ImportOptions) -> Imported:
-        raise NotImplementedError
+        """The format's clips, splits and rejections for the ``--raw`` paths."""
 
+    @abstractmethod
     def write_synthetic(self, out: Path, clips: Sequence["ProcClip"], topology: Topology, **kwargs: Any) -> list[Path]:  # noqa: F821
         """Write procedural ``clips`` in this format under ``out``; returns the files written."""
-        raise NotImplementedError
 
 
 _REGISTRY: dict[str, Importer] = {}
@@ -306,6 +308,8 @@ def synthesize_format(fmt: str, out: Path, *, topology: Optional[Topology] = Non
     from skelcli.data.formats.procedural import procedural_clips
 
     importer = get_importer(fmt)
+    if classes < 1 or per_class < 1:
+        raise SkelError(f"--classes and --per-class must be at least 1, got {classes} and {per_class}")
     topo = topology if topology is not None else get_topology(importer.default_topology)
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
