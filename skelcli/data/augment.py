@@ -20,6 +20,7 @@ global/local views), 3.2 (mirroring, bone-aware scaling, rotation, view-specific
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -188,8 +189,10 @@ def mirror(x: torch.Tensor, topo: Topology = NTU25) -> torch.Tensor:
     return x.index_select(-2, perm) * sign
 
 
+@lru_cache(maxsize=32)
 def _ancestor_matrix(device: torch.device, topo: Topology = NTU25) -> torch.Tensor:
-    """(V, V) float: A[j, k] = 1 when bone k (child joint k) lies on the path from the root to j."""
+    """(V, V) float: A[j, k] = 1 when bone k (child joint k) lies on the path from the root to j.
+    Cached per (device, topology): it sits in SLiM's per-view augmentation; callers only read it."""
     v = topo.num_joints
     a = torch.zeros(v, v)
     for j in topo.topological_order():
@@ -200,6 +203,7 @@ def _ancestor_matrix(device: torch.device, topo: Topology = NTU25) -> torch.Tens
     return a.to(device)
 
 
+@lru_cache(maxsize=32)
 def _index_order_matrices(device: torch.device, topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor]:
     """SLiM's official ``random_scale`` as matrices: it rebuilds joint v = 1, 2, ... in index order as
     ``new[parent] + scaled bone``, where a parent with a higher index is still all zeros. Returns
