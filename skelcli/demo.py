@@ -39,6 +39,8 @@ class DemoSettings(StrictModel):
 
 
 PROTOCOLS = ("linear", "knn")
+#: The demo's fast probes (skelcli.eval.recipes): logistic regression and cosine kNN, the same for every method.
+DEMO_RECIPES = {"linear": "sklearn", "knn": "skel"}
 
 
 def _stage(log: Callable[[str], None], text: str) -> float:
@@ -98,7 +100,8 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     res = pretrain(cfg, run_root / name, force=True, progress="lines" if job["progress"] else False, console=_PlainLines())
 
     def probes(out_dir: Path, random_init: bool) -> dict[str, float]:
-        return {proto: _top1(run_probe(res.checkpoint, data, "xsub", out_dir / f"probe-{proto}", kind=proto, k=job["k"],
+        return {proto: _top1(run_probe(res.checkpoint, data, "xsub", out_dir / f"probe-{proto}", kind=proto,
+                                       recipe=DEMO_RECIPES[proto], k=job["k"] if proto == "knn" else None,
                                        random_init=random_init, seed=seed, cache=not random_init, device="cpu"))
                 for proto in PROTOCOLS}
 

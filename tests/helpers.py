@@ -67,13 +67,17 @@ def json_top1(args: list[str], out, key: str = "top1") -> float:
     return float(value["mean"] if isinstance(value, dict) else value)
 
 
+#: The fast probes every gain test measures with (logistic regression, cosine kNN k=20), for every method.
+FAST_RECIPES = {"linear": "sklearn", "knn": "skel"}
+
+
 def probe_vs_random(h5, ckpt, tmp_path) -> dict[str, tuple[float, float]]:
     """`skel probe` linear and kNN top-1 of the checkpoint's encoder and of a random encoder of the
     same shape: {"linear": (trained, random), "knn": (trained, random)}."""
     out = {}
     for proto in ("linear", "knn"):
         common = ["probe", "--checkpoint", str(ckpt), "--data", str(h5), "--split", "xsub", "--protocol", proto,
-                  "--device", "cpu", "--no-cache"]
+                  "--recipe", FAST_RECIPES[proto], "--device", "cpu", "--no-cache"]
         out[proto] = (json_top1([*common, "--out", str(tmp_path / f"{proto}-trained")], tmp_path / f"{proto}-trained.json"),
                       json_top1([*common, "--random-init", "--out", str(tmp_path / f"{proto}-random")], tmp_path / f"{proto}-random.json"))
     return out

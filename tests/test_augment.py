@@ -183,3 +183,18 @@ def test_bone_scale_official_mode_rebuilds_in_index_order_like_the_released_code
         s = factors[:, group[c]][:, None]
         torch.testing.assert_close((kin[:, :, c] - kin[:, :, p]).norm(dim=-1), s * (x[:, :, c] - x[:, :, p]).norm(dim=-1))
     torch.testing.assert_close(bone_scale(x, torch.ones(2, 3), NTU25, "kinematic"), x)
+
+
+def test_official_bone_scaling_leaves_samples_it_does_not_scale_untouched():
+    """With scale_mode "official" a factor of 1 is not the identity (the index-order rebuild moves the
+    joints that hang off a later-index parent), so samples whose scaling draw says "skip" must keep their
+    coordinates exactly: here no sample is scaled (p tiny) and nothing else is applied."""
+    import torch
+
+    from skelcli.data.augment import AugmentConfig, bone_scale, skeleton_augment
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 25, 3)
+    cfg = AugmentConfig(mirror_p=0.0, scale_p=1e-12, rotate_p=0.0, scale_mode="official")
+    assert torch.equal(skeleton_augment(x, cfg), x)
+    assert not torch.allclose(bone_scale(x, torch.ones(6, 3), mode="official"), x)  # why the guard is needed

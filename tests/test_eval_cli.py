@@ -91,7 +91,7 @@ def run(*args: str):
 
 def test_probe_linear_and_knn_end_to_end(files, tmp_path):
     out = tmp_path / "lin"
-    r = run("probe", "--checkpoint", files["ckpt"], "--data", files["data"], "--protocol", "linear", "--out", out,
+    r = run("probe", "--checkpoint", files["ckpt"], "--data", files["data"], "--protocol", "linear", "--recipe", "sklearn", "--out", out,
             "--json", tmp_path / "lin.json", "--device", "cpu")
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "lin.json").read_text())

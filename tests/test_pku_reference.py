@@ -180,7 +180,7 @@ def test_probe_and_finetune_with_51_classes_of_which_3_present(raw, tmp_path):
     data = tmp_path / "v2.h5"
     assert prepare_dataset("pku-mmd-v2", [root], data, workers=1).kept == 12
     ckpt = _checkpoint(tmp_path / "pre.pt")
-    r = runner.invoke(app, ["probe", "-c", str(ckpt), "-d", str(data), "--protocol", "linear", "--out", str(tmp_path / "lin"),
+    r = runner.invoke(app, ["probe", "-c", str(ckpt), "-d", str(data), "--protocol", "linear", "--recipe", "sklearn", "--out", str(tmp_path / "lin"),
                             "--json", str(tmp_path / "lin.json"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "lin.json").read_text())

@@ -302,7 +302,10 @@ def skeleton_augment(x: torch.Tensor, cfg: AugmentConfig, topo: Topology = NTU25
         factors = torch.empty(b, len(topo.scale_groups), device=dev).uniform_(lo, hi)
         apply = torch.rand(b, device=dev) < cfg.scale_p
         factors = torch.where(apply[:, None], factors, torch.ones_like(factors))
-        x = bone_scale(x, factors, topo, cfg.scale_mode)
+        scaled = bone_scale(x, factors, topo, cfg.scale_mode)
+        # Factors of 1 are the identity for the kinematic rebuild, but not for the official index-order
+        # one (joints hanging off a later-index parent move to the origin): skipped samples keep x.
+        x = torch.where(apply[:, None, None, None], scaled, x) if cfg.scale_mode == "official" else scaled
     if cfg.rotate_p > 0:
         alpha = torch.empty(b, device=dev).uniform_(-cfg.tilt, cfg.tilt)
         beta = torch.empty(b, device=dev).uniform_(-cfg.yaw, cfg.yaw)

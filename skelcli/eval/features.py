@@ -27,7 +27,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, get_args
+from typing import Any, Iterator, Literal, get_args
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ class SplitData:
     num_classes: int
     names: list[str]
     dims: int = 3
+    topology: Any = None  # the file's skelcli.topology.Topology (mirroring / bone scaling in SLiM's views)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -99,7 +100,7 @@ class SplitData:
         joints = np.concatenate(parts, axis=0) if parts else self.joints[:0]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return SplitData(joints, offsets, self.labels[idx], lengths, self.dataset, self.num_classes, [self.names[i] for i in idx],
-                         self.dims)
+                         self.dims, self.topology)
 
 
 def preset_encoder_config(preset: str, topology):
@@ -152,6 +153,7 @@ def load_split(path: str | Path, protocol: str, part: str) -> SplitData:
         num_classes=int(info.num_classes),
         names=list(s.names),
         dims=info.topology.dims,
+        topology=info.topology,
     )
 
 

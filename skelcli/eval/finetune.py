@@ -1,22 +1,51 @@
-"""End-to-end fine-tuning, semi-supervised subsets, transfer and the from-scratch baseline (issue 6).
+"""End-to-end fine-tuning, semi-supervised subsets, transfer and the from-scratch baseline (issues 6, 17).
 
-Recipe ``--preset paper`` = MAMP fine-tuning (spec/mamp-and-data.md C.2): drop path 0.3, head
-dropout 0.3, layer-wise lr decay 0.8 (:func:`~skelcli.eval.heads.layer_decay_multipliers`), label
-smoothing 0.1, AdamW (0.9, 0.999) wd 0.05 without decay on 1-D parameters, lr 3e-4 -> 1e-5 per-iteration
-cosine after 5 warmup epochs, 100 epochs, batch 48; training view = random crop 0.5-1 + rotation 0.3
-rad, test view = centre crop 0.95. From scratch uses layer decay 1.0 (``script_finetune_scratch.sh``).
-SLiM checkpoints (pool ``cls_mean``) get one linear head on [CLS || mean patch] (spec/slim.md 5.3)
-and keep their own input length (64 frames).
+Two recipes (``skel finetune --recipe``, default: the checkpoint's paper -- slim for SLiM checkpoints,
+mamp for every other method and for ``--from-scratch`` without a checkpoint; ``--set field=value``
+changes one field, :mod:`skelcli.eval.recipes`):
 
-Semi-supervised (spec C.3): the subset is a pure function of (labels, fraction, seed, balanced), so
-every process and every repeat with the same seed draws the same clips — unlike the reference, which
-seeds per rank. ``balanced`` = stratified with at least one clip per class (SLiM's choice).
+* ``mamp`` (:class:`~skelcli.eval.recipes.MampFinetuneRecipe` = the recipe fields of
+  :class:`FinetuneSettings`; ``--preset paper``) = MAMP fine-tuning (spec/protocols-and-checkpoints.md
+  3.2): drop path 0.3, head dropout 0.3, layer-wise lr decay 0.8
+  (:func:`~skelcli.eval.heads.layer_decay_multipliers`), label smoothing 0.1, AdamW (0.9, 0.999) wd 0.05
+  without decay on 1-D parameters, lr 3e-4 -> 1e-5 per-iteration cosine after 5 warmup epochs, 100
+  epochs, batch 48; training view = random crop 0.5-1 + rotation 0.3 rad, test view = centre crop 0.95.
+  From scratch uses layer decay 1.0 (``script_finetune_scratch.sh``). SLiM-shaped encoders (pool
+  ``cls_mean``) get one linear head on [CLS || mean patch] and keep their input length. Reported: the
+  best epoch on the test split (MAMP's ``max_accuracy``).
+* ``slim`` (:class:`~skelcli.eval.recipes.SlimFinetuneRecipe`) = SLiM's semi-supervised evaluation
+  (spec 2.2, [S slim/eval/finetune.py, scripts/eval_semi.sh]): the whole encoder trained with one
+  linear head on the last block's person-summed CLS || patch mean (:class:`~skelcli.eval.heads.SlimLinearHead`), SGD
+  with a backbone (1e-5) and a head (1e-3) lr group, 20,000 iterations of cosine to 0 over an infinite
+  shuffled stream of batch 256, fp16 autocast on CUDA without a GradScaler, the SLiM views
+  (:mod:`skelcli.eval.slim_eval`); evaluated every 2000 iterations and at the end. Reported: the final
+  evaluation (the best one is kept for reference).
 
-Reported per run: last-epoch and best-epoch test top-1 (the papers report the best epoch on the test
-set), with ``val_fraction`` > 0 also the test top-1 at the epoch that was best on the carved-out
-validation split; per-class accuracy and the confusion matrix of the last epoch.
+Both run through one loop (:func:`finetune_once`) with the same guarantees: exact resume from
+``last.pt`` after SIGINT/SIGTERM, DDP under torchrun, run-folder rules, repeats.
+
+Semi-supervised label subsets (``--label-fraction``):
+
+* mamp, ``--subsets exact`` (default): :func:`select_subset`, a true fraction -- a pure function of
+  (labels, fraction, seed, balanced), so every process and every repeat with the same seed draws the
+  same clips. ``--balanced`` = stratified with at least one clip per class.
+* mamp, ``--subsets official``: :func:`mamp_official_subset`, the clips MAMP's released runs actually
+  train on. Its ``main_finetune.py`` seeds numpy with ``0 + rank`` before ``feeder_ntu_semi.py`` shuffles
+  the training indices, so each of the 2 processes (``script_semi.sh``) keeps its own int(N * ratio)
+  and the run sees their union: about **2x the nominal labels** (NTU60 xsub, N = 40,091: 794 distinct
+  clips at 1 % for a nominal 400; 7,584 at 10 % for 4,009). The 5 repeats reuse that subset (the
+  official runs all use seed 0). A warning says so; metrics.json records ``subsets``,
+  ``labelled_clips`` (distinct) and ``nominal_labelled_clips``.
+* slim: :func:`slim_subset`, SLiM's class-balanced ``np.random.seed(42)`` draw (max(1, int(n_c * ratio))
+  per class), identical on every rank and repeat.
+
+Both official draws index the training split in the prepared file's order; they pick the official
+clips only where that order is the official npz's.
+
+Reported per run: the last and the best evaluation's test top-1 (``reported`` says which one the
+recipe's paper reports), with ``val_fraction`` > 0 also the test top-1 at the evaluation that was best
+on the carved-out validation split; per-class accuracy and the confusion matrix of the last one.
 """
-
 from __future__ import annotations
 
 import math
@@ -66,6 +95,15 @@ class FinetuneSettings(StrictModel):
         "auto", description="auto = fp32 on CPU and, following the MAMP fine-tuning recipe (no AMP), fp32 on CUDA too; bf16 autocast"
     )
     eval_batch_size: int = Field(128, ge=1)
+    subsets: Literal["exact", "official"] = Field(
+        "exact", description="MAMP recipe label subsets: exact = a true label_fraction; official = the union of MAMP's per-rank draws")
+    official_world_size: int = Field(2, ge=1, description="processes of the official MAMP semi-supervised runs (script_semi.sh)")
+
+    def mamp_recipe(self):
+        """The :class:`~skelcli.eval.recipes.MampFinetuneRecipe` of these settings' recipe fields."""
+        from skelcli.eval.recipes import MampFinetuneRecipe
+
+        return MampFinetuneRecipe(**{k: getattr(self, k) for k in MampFinetuneRecipe.model_fields})
 
     @classmethod
     def preset(cls, name: str) -> dict[str, Any]:
@@ -109,6 +147,51 @@ def select_subset(labels: np.ndarray, fraction: float, seed: int, *, balanced: b
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
+def slim_subset(labels: np.ndarray, fraction: float, seed: int = 42) -> np.ndarray:
+    """SLiM's semi-supervised label subset, drawn exactly as [S slim/data/datasets/ntu.py]
+    ``NTU_Classification.load_data`` does: the legacy global numpy RNG seeded once with ``seed`` (42),
+    then for each class in ``np.unique`` order ``np.random.shuffle`` of its indices, keeping the first
+    max(1, int(n_c * fraction)); then one ``np.random.shuffle`` of the union. Returns the indices in that
+    final (shuffled) order, int64. ``fraction`` >= 1 keeps every clip in file order (the official code
+    subsamples only when ``sample_ratio < 1.0``). Uses a private ``np.random.RandomState(seed)``, which
+    is the same generator and call sequence as ``np.random.seed(seed)`` + the global functions, so the
+    caller's global RNG is untouched. The same on every rank and every repeat."""
+    check_fraction(fraction)
+    labels = np.asarray(labels, dtype=np.int64)
+    if fraction >= 1.0:
+        return np.arange(len(labels), dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    picked: list[np.ndarray] = []
+    for c in np.unique(labels):
+        members = np.where(labels == c)[0]
+        rng.shuffle(members)
+        picked.append(members[: max(1, int(len(members) * fraction))])
+    out = np.concatenate(picked).astype(np.int64)
+    rng.shuffle(out)
+    return out
+
+
+def mamp_official_subset(n: int, fraction: float, world_size: int = 2, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The labelled clips MAMP's semi-supervised runs actually train on: (sorted union, per-rank draws).
+
+    [M main_finetune.py] seeds the legacy numpy RNG with ``seed + rank`` (``--seed`` 0) right before it
+    builds the training feeder, and [M feeder/feeder_ntu_semi.py] ``random_select_data`` then shuffles
+    ``np.arange(N)`` with ``np.random.shuffle`` and keeps the first ``int(N * data_ratio)``. Every rank
+    thus draws its own subset, and its DistributedSampler (reshuffled every epoch) walks all of it, so
+    over the run the union of the ``world_size`` draws is seen: about twice the nominal count with
+    [M script_semi.sh]'s 2 processes (NTU60 xsub, N = 40,091: 1 % -> 794 distinct clips for a nominal
+    400, 10 % -> 7,584 for 4,009). Each draw keeps at least 1 clip (the official code would build an
+    empty feeder for int(N * ratio) = 0)."""
+    check_fraction(fraction)
+    per_rank = []
+    for r in range(world_size):
+        rng = np.random.RandomState(seed + r)
+        idx = np.arange(n)
+        rng.shuffle(idx)
+        per_rank.append(idx[: max(1, int(n * fraction))].astype(np.int64))
+    return np.unique(np.concatenate(per_rank)).astype(np.int64), per_rank
+
+
 def missing_classes(labels: np.ndarray, subset: np.ndarray, num_classes: int) -> list[int]:
     """Classes present in the full training split but with no clip in ``subset``."""
     full = set(np.unique(labels).tolist())
@@ -130,19 +213,24 @@ def carve_validation(indices: np.ndarray, fraction: float, seed: int) -> tuple[n
 
 # ------------------------------------------------------------------------------------ training
 def evaluate_logits(model: torch.nn.Module, split, *, batch_size: int, device: torch.device, test_crop: float,
-                    precision: str = "auto") -> np.ndarray:
-    """Logits (n, classes) of a split under the test view (centre crop, no rotation), in ``precision``
-    (resolved by :func:`_autocast`)."""
+                    precision: str = "auto", view: Callable[[Any], torch.Tensor] | None = None, autocast: Any = None) -> np.ndarray:
+    """Logits (n, classes) of a split under the test view (default: MAMP's centre crop, no rotation;
+    ``view`` = another ``batch -> views`` function), in ``precision`` (resolved by :func:`_autocast`)
+    unless ``autocast`` (a context factory) is given."""
     from skelcli.data.clips import test_view
     from skelcli.eval.features import iter_batches
 
     model.eval()
     frames = model.encoder.config.num_frames
+    if view is None:
+        view = lambda batch: test_view(batch, frames, test_crop)  # noqa: E731
+    ctx = autocast if autocast is not None else (lambda: _autocast(device, precision))
     out = []
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), ctx():
         for idx in iter_batches(len(split), batch_size):
-            batch = split.batch(idx, device)
-            out.append(model(test_view(batch, frames, test_crop)).float().cpu().numpy())
+            views = view(split.batch(idx, device))
+            views = views if isinstance(views, tuple) else (views,)  # (views, person mask) for SLiM
+            out.append(model(*views).float().cpu().numpy())
     return np.concatenate(out, axis=0)
 
 
@@ -156,6 +244,34 @@ def _autocast(device: torch.device, precision: str = "auto"):
     from skelcli.engine.dist import autocast_context
 
     return autocast_context(device, precision, FINETUNE_RECIPE_PRECISION)
+
+
+def slim_precision(device: torch.device, requested: str, recipe_precision: str) -> str:
+    """Precision of a SLiM-recipe run: ``auto`` = the recipe's (fp16 autocast, as the official code,
+    without a GradScaler) on CUDA and fp32 on a CPU; ``fp32`` / ``bf16`` asked explicitly: that."""
+    if requested == "fp32" or device.type != "cuda" and requested == "auto":
+        return "fp32"
+    if requested == "bf16":
+        return "bf16"
+    return recipe_precision
+
+
+def _slim_autocast(device: torch.device, precision: str):
+    from contextlib import nullcontext
+
+    if precision == "fp16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.float16)
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def _freeze_unused(encoder) -> None:
+    """The mask token never gets a gradient in fine-tuning (officially too); excluding it keeps DDP from
+    waiting for its gradient."""
+    for name, p in encoder.named_parameters():
+        if name.split(".", 1)[0] == "mask_embed":
+            p.requires_grad_(False)
 
 
 def finetune_once(
@@ -174,19 +290,30 @@ def finetune_once(
     stop: Any = None,
     run_settings: dict[str, Any] | None = None,
     notify: Callable[[str], None] | None = None,
+    recipe: Any = None,
+    topology: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune one encoder + head. ``train``/``test``/``val`` are SplitData; ``encoder_state`` None =
     random init. Returns history, last/best metrics and the trained model (key "model").
 
-    Under torchrun the model is wrapped in DDP and every global batch (``settings.batch_size``
-    clips, the same order on every rank) is split across the processes, so the effective batch and
-    the learning rate do not depend on the process count; every rank evaluates the same synced model.
+    ``recipe`` None or a :class:`~skelcli.eval.recipes.MampFinetuneRecipe`: the MAMP recipe of
+    ``settings`` (epochs over shuffled passes with drop_last, AdamW with layer decay, warmup + cosine
+    per iteration, the MAMP views; one evaluation per epoch). A
+    :class:`~skelcli.eval.recipes.SlimFinetuneRecipe`: SLiM's (an infinite shuffled stream of clips,
+    ``recipe.iterations`` SGD steps with a backbone and a head lr group, cosine to 0, the SLiM views of
+    ``topology`` -- the data's :class:`~skelcli.data.formats` topology; an evaluation every
+    ``recipe.eval_every`` iterations and at the end). ``settings`` then supplies only the run options
+    (device, precision, eval batch).
+
+    Under torchrun the model is wrapped in DDP and every global batch (the recipe's batch size, the
+    same order on every rank) is split across the processes, so the effective batch and the learning
+    rate do not depend on the process count; every rank evaluates the same synced model.
 
     With ``run`` (a :class:`~skelcli.engine.rundir.RunDir`) the complete training state is saved to
-    ``run/last.pt`` after every epoch, and at the next step when ``stop`` (a StopSignal) has received
+    ``run/last.pt`` after every evaluation, and at the next step when ``stop`` (a StopSignal) has received
     SIGINT/SIGTERM; the result then has ``interrupted`` set and no metrics. ``resume`` (such a
-    checkpoint) continues exactly: model, optimizer, schedule, the epoch's clip order and position,
-    every generator (augmentation, dropout, order) and the history, so the final weights equal an
+    checkpoint) continues exactly: model, optimizer, schedule, the clip order and position, every
+    generator (augmentation, dropout, order) and the history, so the final weights equal an
     uninterrupted run's. ``run_settings`` is stored in the checkpoint to refuse a resume with others.
     ``notify`` receives the projected run time on a CPU once the first steps are timed.
     """
@@ -194,14 +321,16 @@ def finetune_once(
     from skelcli.engine.dist import (all_gather_objects, any_rank, barrier, context_of_group, init_distributed, quiet_non_main,
                                      resolve_precision)
     from skelcli.engine.schedule import LRSchedule
-    from skelcli.eval.features import iter_batches, resolve_device
-    from skelcli.eval.heads import FinetuneModel, finetune_param_groups, head_config_for
+    from skelcli.eval.features import resolve_device
+    from skelcli.eval.heads import FinetuneModel, finetune_param_groups, head_config_for, slim_head_config
     from skelcli.eval.report import classification_metrics
     from skelcli.models.encoder import SkeletonEncoder
     from skelcli.progress import Projector
     from skelcli.settings import DataSettings
 
     s = settings
+    slim = recipe is not None and getattr(recipe, "name", "mamp") == "slim"
+    r = recipe if recipe is not None else s
     dev = resolve_device(s.device)
     ctx = context_of_group(dev)
     if ctx is None:
@@ -210,30 +339,73 @@ def finetune_once(
     if ctx.distributed:
         dev = ctx.device
     torch.manual_seed(seed)
-    cfg = encoder_config.model_copy(update={"drop_path": s.drop_path})
+    cfg = encoder_config.model_copy(update={"drop_path": r.drop_path})
     encoder = SkeletonEncoder(cfg)
     if encoder_state is not None:
         encoder.load_state_dict(encoder_state)
-    model = FinetuneModel(encoder, head_config_for(encoder, num_classes, s.head_dropout, s.head_hidden)).to(dev)
+    _freeze_unused(encoder)
+    n = len(train)
+    if slim:
+        if topology is None:
+            raise SkelError("the slim fine-tuning recipe needs the data's topology (its SLiM views mirror and scale bones)")
+        if not cfg.use_cls:
+            raise SkelError("recipe slim fine-tunes on the CLS token; this encoder has none (use --recipe mamp)")
+        from skelcli.eval.slim_eval import slim_buffer, slim_test_view, slim_train_view
+
+        model = FinetuneModel(encoder, slim_head_config(num_classes, recipe.n_last_blocks, recipe.avgpool, recipe.head_init_std)).to(dev)
+        precision = slim_precision(dev, s.precision, recipe.precision)
+        amp = _slim_autocast(dev, precision)
+        model.autocast = amp
+        frames = recipe.frames or cfg.num_frames
+        backbone_lr, head_lr = recipe.scaled_lrs()
+        groups = [{"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr_scale": backbone_lr},
+                  {"params": list(model.head.parameters()), "lr_scale": head_lr}]
+        opt = torch.optim.SGD(groups, lr=backbone_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        batch_size = recipe.batch_size
+        total_steps = recipe.iterations
+        steps_per_epoch = recipe.eval_every  # steps between evaluations
+        # CosineAnnealingLR(max_iter, eta_min=0), stepped per iteration: lr_i = lr * (1 + cos(pi i / T)) / 2
+        sched = LRSchedule(opt, lr=1.0, min_lr=recipe.min_lr, warmup_epochs=0, epochs=total_steps, steps_per_epoch=1,
+                           weight_decay=recipe.weight_decay)
+        label_smoothing = recipe.label_smoothing
+
+        def make_views(batch, gen):
+            buf = slim_buffer(batch, recipe.pad_min_frames)
+            return slim_train_view(buf, recipe, topology, generator=gen, frames=frames), buf.person_mask
+
+        def eval_view(batch):
+            buf = slim_buffer(batch, recipe.pad_min_frames)
+            return slim_test_view(buf, frames), buf.person_mask
+    else:
+        model = FinetuneModel(encoder, head_config_for(encoder, num_classes, r.head_dropout, r.head_hidden)).to(dev)
+        precision = resolve_precision(s.precision, dev, FINETUNE_RECIPE_PRECISION)
+        amp = lambda: _autocast(dev, s.precision)  # noqa: E731
+        layer_decay = 1.0 if encoder_state is None else r.layer_decay
+        opt = torch.optim.AdamW(finetune_param_groups(model, r.weight_decay, layer_decay), lr=r.lr, betas=r.betas)
+        batch_size = min(r.batch_size, n)
+        steps_per_epoch = max(1, n // batch_size)  # drop_last, as the reference loaders
+        total_steps = r.epochs * steps_per_epoch
+        sched = LRSchedule(opt, lr=r.lr, min_lr=r.min_lr, warmup_epochs=r.warmup_epochs, epochs=r.epochs,
+                           steps_per_epoch=steps_per_epoch, weight_decay=r.weight_decay)
+        label_smoothing = r.label_smoothing
+        aug = DataSettings(crop_min=r.crop_min, crop_max=r.crop_max, min_crop_frames=r.min_crop_frames, rotation=r.rotation)
+        frames = cfg.num_frames
+
+        def make_views(batch, gen):
+            return train_view(batch, frames, aug, generator=gen, dims=train.dims), None
+
+        eval_view = None
     forward = model
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    layer_decay = 1.0 if encoder_state is None else s.layer_decay
-    opt = torch.optim.AdamW(finetune_param_groups(model, s.weight_decay, layer_decay), lr=s.lr, betas=s.betas)
-    n = len(train)
-    batch_size = min(s.batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)  # drop_last, as the reference loaders
-    sched = LRSchedule(opt, lr=s.lr, min_lr=s.min_lr, warmup_epochs=s.warmup_epochs, epochs=s.epochs,
-                       steps_per_epoch=steps_per_epoch, weight_decay=s.weight_decay)
-    aug = DataSettings(crop_min=s.crop_min, crop_max=s.crop_max, min_crop_frames=s.min_crop_frames, rotation=s.rotation)
     gen = torch.Generator().manual_seed(seed)
     order_rng = np.random.default_rng(seed)
-    frames = cfg.num_frames
+    unit = "iteration" if slim else "epoch"
     st: dict[str, Any] = {"history": [], "best_logits": None, "best_top1": -1.0, "best_epoch": -1, "sel_val": -1.0,
                           "sel_epoch": -1, "sel_test": None, "last_logits": None, "epoch": 0, "batch_in_epoch": 0,
-                          "perm": None, "losses": [], "step": 0, "seconds": 0.0}
+                          "perm": None, "pos": 0, "losses": [], "step": 0, "seconds": 0.0}
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -247,11 +419,14 @@ def finetune_once(
         order_rng.bit_generator.state = resume["order_rng"]
         st.update(resume["loop"])
     history = st["history"]
-    step = st["step"]
+    step = int(st["step"])
+    perm = None if st["perm"] is None else np.asarray(st["perm"], dtype=np.int64)
+    pos = int(st.get("pos", 0))
+    losses = list(st["losses"])
     t0 = time.perf_counter() - st["seconds"]
-    projector = Projector(dev, s.epochs * steps_per_epoch, step)
+    projector = Projector(dev, total_steps, step)
 
-    def save(epochs_done: int, batch_in_epoch: int, perm: np.ndarray | None, losses: list[float]) -> None:
+    def save() -> None:
         if run is None:
             return
         rng_ranks = all_gather_objects({"gen": gen.get_state(), "torch": torch.get_rng_state(),
@@ -259,81 +434,116 @@ def finetune_once(
         if ctx.is_main:
             from skelcli.engine.checkpoint import save_checkpoint
 
-            loop = {**st, "epoch": epochs_done, "batch_in_epoch": batch_in_epoch, "losses": list(losses), "step": step,
-                    "perm": None if perm is None else torch.from_numpy(np.asarray(perm, dtype=np.int64)),
-                    "seconds": time.perf_counter() - t0}
+            loop = {**st, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch, "losses": list(losses),
+                    "step": step, "pos": pos, "seconds": time.perf_counter() - t0,
+                    "perm": None if perm is None else torch.from_numpy(np.asarray(perm, dtype=np.int64))}
             save_checkpoint(run.path / "last.pt", {
-                "method": "finetune", "settings": run_settings or {}, "seed": seed, "epoch": epochs_done, "step": step,
+                "method": "finetune", "settings": run_settings or {}, "seed": seed, "epoch": step // steps_per_epoch, "step": step,
+                "recipe": "slim" if slim else "mamp",
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "order_rng": order_rng.bit_generator.state, "rng_ranks": rng_ranks, "loop": loop,
-                "precision": resolve_precision(s.precision, dev, FINETUNE_RECIPE_PRECISION),
+                "order_rng": order_rng.bit_generator.state, "rng_ranks": rng_ranks, "loop": loop, "precision": precision,
             })
         barrier(ctx)
 
     def stopping() -> bool:
         return stop is not None and any_rank(stop.received is not None, ctx)
 
-    for epoch in range(st["epoch"], s.epochs):
-        model.train()
-        if st["perm"] is None:
-            perm = order_rng.permutation(n)
-        else:  # resumed mid-epoch: the order drawn at the epoch's start
-            perm = np.asarray(st["perm"], dtype=np.int64)
-        losses = list(st["losses"])
-        batches = list(iter_batches(n, batch_size))[:steps_per_epoch]
-        for b in range(st["batch_in_epoch"], steps_per_epoch):
-            rows = perm[batches[b]]
-            if ctx.distributed:  # this rank's share of the global batch
-                rows = np.array_split(rows, ctx.world_size)[ctx.rank]
-            batch = train.batch(rows, dev)
-            views = train_view(batch, frames, aug, generator=gen, dims=train.dims)
-            sched.apply(step)
-            with _autocast(dev, s.precision):
+    def next_rows() -> np.ndarray:
+        """The global batch of this step. MAMP: a fresh permutation per epoch, drop_last. SLiM: an
+        infinite stream of permutations (a batch may span two), as a sharded infinite sampler."""
+        nonlocal perm, pos
+        if not slim:
+            b = step % steps_per_epoch
+            if perm is None:  # the epoch's order, drawn at its start
+                perm = order_rng.permutation(n)
+            return perm[b * batch_size : (b + 1) * batch_size]
+        parts, need = [], batch_size
+        while need:
+            if perm is None or pos >= n:
+                perm, pos = order_rng.permutation(n), 0
+            take = perm[pos : pos + need]
+            pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return np.concatenate(parts)
+
+    def evaluate(split) -> np.ndarray:
+        from contextlib import nullcontext
+
+        # SLiM: autocast is inside the model, around the encoder only (the head stays fp32)
+        return evaluate_logits(model, split, batch_size=s.eval_batch_size, device=dev, test_crop=getattr(r, "test_crop", 0.95),
+                               precision=s.precision, view=eval_view, autocast=nullcontext if slim else amp)
+
+    model.train()
+    while step < total_steps:
+        rows = next_rows()
+        if ctx.distributed:  # this rank's share of the global batch
+            rows = np.array_split(rows, ctx.world_size)[ctx.rank]
+        batch = train.batch(rows, dev)
+        views, person_mask = make_views(batch, gen)
+        sched.apply(step)
+        if slim:
+            logits = forward(views, person_mask)  # autocast inside, around the encoder only
+        else:
+            with amp():
                 logits = forward(views)
-            loss = torch.nn.functional.cross_entropy(logits.float(), batch.label, label_smoothing=s.label_smoothing)
-            if not torch.isfinite(loss):
-                raise SkelError(f"non-finite fine-tuning loss at step {step} (epoch {epoch + 1}); lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            line = projector.after(step)
-            if line and notify is not None and ctx.is_main:
-                notify(line)
-            if b + 1 < steps_per_epoch and stopping():
-                save(epoch, b + 1, perm, losses)
-                return {"interrupted": stop.received or "SIGTERM", "epoch": epoch, "steps": step}
-        st.update(batch_in_epoch=0, perm=None, losses=[])
-        logits = evaluate_logits(model, test, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop, precision=s.precision)
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch.label, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise SkelError(f"non-finite fine-tuning loss at step {step} ({unit} {step // steps_per_epoch + 1}); lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        line = projector.after(step)
+        if line and notify is not None and ctx.is_main:
+            notify(line)
+        at_eval = step % steps_per_epoch == 0 or step == total_steps
+        if not at_eval:
+            if stopping():
+                save()
+                return {"interrupted": stop.received or "SIGTERM", "epoch": step // steps_per_epoch, "steps": step}
+            continue
+        if not slim:
+            perm = None  # next epoch draws a new order
+        done = step // steps_per_epoch if not slim else step
+        logits = evaluate(test)
         top1 = float((logits.argmax(1) == test.labels).mean())
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
+        row: dict[str, Any] = {unit: done, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
+        losses = []
         st["last_logits"] = torch.from_numpy(logits)
         if top1 > st["best_top1"]:
-            st.update(best_logits=st["last_logits"], best_top1=top1, best_epoch=epoch + 1)
+            st.update(best_logits=st["last_logits"], best_top1=top1, best_epoch=done)
         if val is not None and len(val):
-            vl = evaluate_logits(model, val, batch_size=s.eval_batch_size, device=dev, test_crop=s.test_crop, precision=s.precision)
+            vl = evaluate(val)
             row["val_top1"] = float((vl.argmax(1) == val.labels).mean())
             if row["val_top1"] > st["sel_val"]:
-                st.update(sel_val=row["val_top1"], sel_epoch=epoch + 1, sel_test=top1)
+                st.update(sel_val=row["val_top1"], sel_epoch=done, sel_test=top1)
         history.append(row)
+        model.train()
         if run is not None and ctx.is_main:
-            run.log({"kind": "epoch", **row})
-        save(epoch + 1, 0, None, [])
+            run.log({"kind": "epoch", **row})  # one row per evaluation (SLiM: every eval_every iterations)
+        save()
         if on_epoch is not None:
-            on_epoch(epoch, row)
-        if epoch + 1 < s.epochs and stopping():
-            return {"interrupted": stop.received or "SIGTERM", "epoch": epoch + 1, "steps": step}
+            on_epoch(len(history) - 1, row)
+        if step < total_steps and stopping():
+            return {"interrupted": stop.received or "SIGTERM", "epoch": step // steps_per_epoch, "steps": step}
     last = classification_metrics(st["last_logits"].numpy(), test.labels, num_classes)
     best = classification_metrics(st["best_logits"].numpy(), test.labels, num_classes)
     out: dict[str, Any] = {
-        "seed": seed, "n_train": n, "n_test": len(test), "epochs": s.epochs, "steps": step,
+        "seed": seed, "n_train": n, "n_test": len(test), "steps": step,
         "last_top1": last["top1"], "last_top5": last["top5"], "best_top1": best["top1"], "best_top5": best["top5"],
-        "best_epoch": st["best_epoch"], "per_class": last["per_class"], "mean_class": last["mean_class"],
+        "per_class": last["per_class"], "mean_class": last["mean_class"],
         "confusion": last["confusion"], "history": history, "seconds": time.perf_counter() - t0, "model": model.cpu(),
     }
+    if slim:
+        out.update({"iterations": total_steps, "best_iteration": st["best_epoch"], "reported_top1": last["top1"],
+                    "reported": "final evaluation (SLiM finetune.py return value)", "precision": precision})
+    else:
+        out.update({"epochs": r.epochs, "best_epoch": st["best_epoch"], "reported_top1": best["top1"],
+                    "reported": "best epoch on the test split (MAMP max_accuracy)"})
     if val is not None and len(val):
-        out.update({"n_val": len(val), "val_best_top1": st["sel_val"], "val_best_epoch": st["sel_epoch"],
+        out.update({"n_val": len(val), "val_best_top1": st["sel_val"], f"val_best_{unit}": st["sel_epoch"],
                     "test_top1_at_val_best": st["sel_test"]})
     return out
 
@@ -350,6 +560,30 @@ def _repeat_dirs(out_dir: Path, repeats: int) -> list[Path]:
     return [out_dir] if repeats == 1 else [out_dir / f"repeat-{r}" for r in range(repeats)]
 
 
+def resolve_finetune_recipe(name: str | None, method: str | None, settings: FinetuneSettings, *, overrides: list[str] | None = None,
+                            slim_base: dict[str, Any] | None = None, slim_refused: list[str] | None = None):
+    """(recipe, settings) of a fine-tuning run. ``name`` None = the checkpoint ``method``'s paper recipe
+    (slim -> slim, every other -> mamp). mamp: ``settings``' recipe fields (its preset and options) then
+    ``overrides`` (``--set field=value``), written back into the returned settings. slim:
+    :class:`~skelcli.eval.recipes.SlimFinetuneRecipe` from ``slim_base`` then ``overrides``;
+    ``slim_refused`` names options given that the slim recipe has no use for (a one-line error)."""
+    from skelcli.eval.recipes import MampFinetuneRecipe, default_recipe_name, get_recipe
+
+    name = name or default_recipe_name("finetune", method)
+    if name == "mamp":
+        base = {k: getattr(settings, k) for k in MampFinetuneRecipe.model_fields}
+        recipe = get_recipe("finetune", name, method, overrides, base=base)
+        return recipe, settings.model_copy(update=recipe.model_dump())
+    if name == "slim":
+        if slim_refused:
+            raise SkelError(f"recipe slim (finetune) has no {', '.join(slim_refused)}; set its fields with --set "
+                            "(e.g. --set iterations=2000 --set head_lr=1e-3)")
+        if settings.balanced or settings.subsets != "exact":
+            raise SkelError("recipe slim (finetune): its label subset is always SLiM's class-balanced seed-42 draw; "
+                            "--balanced / --subsets apply to --recipe mamp")
+    return get_recipe("finetune", name, method, overrides, base=slim_base if name == "slim" else None), settings
+
+
 def run_finetune(
     checkpoint: str | Path | None,
     data_path: str | Path,
@@ -364,14 +598,33 @@ def run_finetune(
     force: bool = False,
     notify: Callable[[str], None] | None = None,
     tensorboard: Callable[[Path], Any] | None = None,
+    recipe: Any = None,
+    recipe_overrides: list[str] | None = None,
+    slim_base: dict[str, Any] | None = None,
+    slim_refused: list[str] | None = None,
 ) -> dict[str, Any]:
     """Full ``skel finetune``: load checkpoint and data, draw subsets, run ``repeats`` seeds, write the
     run folder (metrics.json, confusion .npy/.csv/.png, finetuned.pt per repeat). Returns the summary.
 
+    ``recipe``: a recipe name (``mamp`` | ``slim``), a finetune Recipe, or None = the checkpoint's
+    paper recipe (:func:`resolve_finetune_recipe`, with ``recipe_overrides`` / ``slim_base`` /
+    ``slim_refused``); resolved before anything is written. The summary records it (``recipe``: its
+    :meth:`~skelcli.eval.recipes.Recipe.describe`) and the number it reports (``reported``).
+
+    Label subsets (``settings.label_fraction``), recorded as ``subsets`` with the distinct labelled
+    clips used (``labelled_clips``) and the nominal int(N * fraction) (``nominal_labelled_clips``):
+
+    * mamp, ``subsets="exact"`` (default): :func:`select_subset`, a true fraction (``--balanced``:
+      stratified), drawn per repeat seed unless ``subset_seed`` is given.
+    * mamp, ``subsets="official"``: :func:`mamp_official_subset`, the union of the per-rank draws of
+      MAMP's 2-process runs (seeds ``subset_seed`` or 0 + rank) -- about twice the nominal labels
+      (NTU60 xsub: 794 clips at 1 %, 7,584 at 10 %); every repeat reuses it, as the official 5 runs do.
+    * slim: :func:`slim_subset`, SLiM's class-balanced seed-42 draw, the same for every repeat.
+
     The run folder follows the pretraining rules (skelcli/engine/rundir.py): locked while in use,
-    settings.json written atomically, each repeat's ``last.pt`` saved every epoch and on SIGINT/SIGTERM
+    settings.json written atomically, each repeat's ``last.pt`` saved after every evaluation and on SIGINT/SIGTERM
     (the summary then holds ``interrupted`` and nothing else is written), ``metrics.jsonl`` with one row per
-    epoch. ``resume="auto"`` continues every repeat from its last.pt (finished repeats are not retrained);
+    evaluation. ``resume="auto"`` continues every repeat from its last.pt (finished repeats are not retrained);
     a folder with fine-tuning checkpoints is refused without ``resume`` or ``force`` (old files move aside).
     ``tensorboard``: a factory ``folder -> mirror`` (:class:`skelcli.viz.tensorboard.TensorBoardLog`); each
     repeat's rows also go to ``<repeat>/tb/``, with its confusion matrix at the end (``finish(pngs=...)``).
@@ -381,6 +634,7 @@ def run_finetune(
     from skelcli.engine.dist import is_main_process
     from skelcli.engine.rundir import RunDir, StopSignal, open_run, settings_differences
     from skelcli.eval.features import data_info, file_fingerprint, load_split
+    from skelcli.eval.recipes import Recipe
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
     from skelcli.settings import to_jsonable
 
@@ -408,9 +662,29 @@ def run_finetune(
         state = None
     else:
         raise SkelError("--checkpoint is required unless --from-scratch is given")
-    resolved = {"finetune": to_jsonable(s), "preset": preset, "split": protocol, "data": file_fingerprint(data_path),
+    if isinstance(recipe, Recipe):
+        rec = recipe
+        if rec.name == "mamp":
+            s = s.model_copy(update=rec.model_dump())
+    else:
+        rec, s = resolve_finetune_recipe(recipe, pretrain["method"], s, overrides=recipe_overrides, slim_base=slim_base,
+                                         slim_refused=slim_refused)
+    slim = rec.name == "slim"
+    if slim:
+        if not encoder_config.use_cls:
+            raise SkelError("recipe slim (finetune) trains on the CLS token and this encoder has none; use --recipe mamp")
+        if rec.n_last_blocks > encoder_config.depth:
+            raise SkelError(f"recipe slim (finetune): n_last_blocks {rec.n_last_blocks} exceeds the encoder's depth {encoder_config.depth}")
+    ft_json = to_jsonable(s)
+    for key, default in (("subsets", "exact"), ("official_world_size", 2)):  # older run folders (and their resume) lack them
+        if ft_json.get(key) == default:
+            ft_json.pop(key)
+    resolved = {"finetune": ft_json, "preset": preset, "split": protocol, "data": file_fingerprint(data_path),
                 "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint)}
+    if slim:  # mamp's recipe fields are in "finetune" already (and older run folders have no "recipe")
+        resolved["recipe"] = {"name": rec.name, "settings": to_jsonable(rec)}
     dirs = _repeat_dirs(out_dir, s.repeats)
+    subsets = "official" if slim else s.subsets
 
     top = RunDir(out_dir)
     main = is_main_process() and int(os.environ.get("RANK", "0")) == 0  # the process group may not exist yet
@@ -429,6 +703,21 @@ def run_finetune(
         test = load_split(data_path, protocol, "test")
         runs = []
         warnings_out: list[str] = []
+
+        def note(msg: str) -> None:
+            warnings_out.append(msg)
+            if warn is not None:
+                warn(msg)
+
+        nominal = None if s.label_fraction is None else max(1, int(len(train_all) * s.label_fraction))
+        fixed_subset = None
+        if s.label_fraction is not None and slim:
+            fixed_subset = slim_subset(train_all.labels, s.label_fraction, rec.subset_seed)
+        elif s.label_fraction is not None and subsets == "official":
+            fixed_subset, per_rank = mamp_official_subset(len(train_all), s.label_fraction, s.official_world_size,
+                                                          s.subset_seed if s.subset_seed is not None else 0)
+            note(f"--subsets official: the union of MAMP's {s.official_world_size} per-rank draws, {len(fixed_subset)} distinct "
+                 f"labelled clips for a nominal {nominal} (label fraction {s.label_fraction:g}); every repeat uses it")
         with StopSignal() as stop:
             for r in range(s.repeats):
                 seed = s.seed + r
@@ -436,28 +725,28 @@ def run_finetune(
                 state_ckpt = None
                 if resume == "auto" and run_dir.path.is_dir():
                     _, state_ckpt, notes = run_dir.find_resume(("model", "optimizer", "loop"))
-                    for note in notes:
-                        warnings_out.append(f"repeat {r}: {note}")
-                        if warn is not None:
-                            warn(f"repeat {r}: {note}")
+                    for n_ in notes:
+                        note(f"repeat {r}: {n_}")
                     if state_ckpt is not None and not force:
                         diff = settings_differences(state_ckpt.get("settings", {}), resolved, _VOLATILE)
                         if diff:
                             raise SkelError(f"{run_dir.path / 'last.pt'}: written with different settings ({', '.join(diff[:5])}); "
                                             "use --force to resume anyway")
                 idx = np.arange(len(train_all))
-                if s.label_fraction is not None:
+                drawn = ""
+                if fixed_subset is not None:
+                    idx = fixed_subset
+                elif s.label_fraction is not None:
                     sub_seed = s.subset_seed if s.subset_seed is not None else seed
+                    drawn = f" (seed {sub_seed})"
                     idx = select_subset(train_all.labels, s.label_fraction, sub_seed, balanced=s.balanced, num_classes=num_classes)
+                if s.label_fraction is not None:
                     miss = missing_classes(train_all.labels, idx, num_classes)
                     if miss:
-                        msg = (f"label fraction {s.label_fraction} (seed {sub_seed}) leaves {len(miss)} class(es) without a training "
-                               f"clip: {', '.join(map(str, miss[:20]))}{' ...' if len(miss) > 20 else ''}; use --balanced for at least "
-                               "one clip per class")
-                        warnings_out.append(msg)
-                        if warn is not None:
-                            warn(msg)
-                tr_idx, val_idx = carve_validation(idx, s.val_fraction, seed)
+                        note(f"label fraction {s.label_fraction}{drawn} leaves {len(miss)} class(es) without a training "
+                             f"clip: {', '.join(map(str, miss[:20]))}{' ...' if len(miss) > 20 else ''}; use --balanced for at least "
+                             "one clip per class")
+                tr_idx, val_idx = carve_validation(np.sort(idx) if not slim else idx, s.val_fraction, seed)
                 train = train_all.subset(tr_idx)
                 val = train_all.subset(val_idx) if len(val_idx) else None
                 tb, pngs = None, []
@@ -470,7 +759,8 @@ def run_finetune(
                 try:
                     res = finetune_once(encoder_config, state, train, test, num_classes, s, seed=seed, val=val,
                                         on_epoch=(lambda e, row, _r=r: on_epoch(_r, e, row)) if on_epoch else None,
-                                        run=run_dir, resume=state_ckpt, stop=stop, run_settings=resolved, notify=notify)
+                                        run=run_dir, resume=state_ckpt, stop=stop, run_settings=resolved, notify=notify,
+                                        recipe=rec if slim else None, topology=dinfo.topology)
                     if "interrupted" in res:
                         return {"interrupted": res["interrupted"], "repeat": r, "epoch": res["epoch"], "steps": res["steps"],
                                 "out": str(out_dir), "checkpoint": str(run_dir.path / "last.pt")}
@@ -485,7 +775,7 @@ def run_finetune(
                 if main:  # one writer under torchrun; every rank holds the same model
                     save_checkpoint(ckpt_path, {
                         "method": pretrain["method"] or "scratch",
-                        "settings": {"finetune": to_jsonable(s), "preset": preset},
+                        "settings": {"finetune": to_jsonable(s), "preset": preset, "recipe": rec.describe()},
                         "encoder_config": to_jsonable(model.encoder.config),
                         "encoder": model.encoder.state_dict(),
                         "head": model.head.state_dict(),
@@ -494,18 +784,24 @@ def run_finetune(
                         "data": {"dataset": dinfo.dataset, "num_classes": num_classes, "split": protocol,
                                  "fingerprint": file_fingerprint(data_path)},
                         "pretrain_data": {k: pretrain[k] for k in ("dataset", "num_classes", "method", "epoch")},
-                        "epoch": s.epochs,
+                        "epoch": res.get("epochs", len(res["history"])),
                         "step": res["steps"],
                     })
-                res.update({"repeat": r, "train_clips": int(len(tr_idx)), "confusion_files": files, "checkpoint": str(ckpt_path)})
+                res.update({"repeat": r, "train_clips": int(len(tr_idx)), "labelled_clips": int(len(np.unique(idx))),
+                            "confusion_files": files, "checkpoint": str(ckpt_path)})
                 runs.append(jsonable_metrics(res))
     finally:
         top.release()
+    reported_key = "last_top1" if slim else "best_top1"
     summary: dict[str, Any] = {
-        "protocol": "finetune", "preset": preset, "from_scratch": s.from_scratch, "split": protocol,
+        "protocol": "finetune", "recipe": rec.describe(), "recipe_label": rec.label(), "preset": preset,
+        "from_scratch": s.from_scratch, "split": protocol,
         "finetune_data": {"path": str(data_path), "dataset": dinfo.dataset, "num_classes": num_classes},
-        "pretrain": pretrain, "label_fraction": s.label_fraction, "balanced": s.balanced, "repeats": s.repeats,
+        "pretrain": pretrain, "label_fraction": s.label_fraction, "balanced": s.balanced,
+        "subsets": subsets if s.label_fraction is not None else None,
+        "labelled_clips": runs[0]["labelled_clips"], "nominal_labelled_clips": nominal, "repeats": s.repeats,
         "best_top1": _mean_std([r["best_top1"] for r in runs]), "last_top1": _mean_std([r["last_top1"] for r in runs]),
+        "reported": {"key": reported_key, "what": runs[0]["reported"], "top1": _mean_std([r[reported_key] for r in runs])},
         "warnings": warnings_out, "settings": to_jsonable(s), "runs": runs,
     }
     if s.val_fraction > 0:

@@ -6,13 +6,15 @@
   mean over the temporal segments keeping joints apart -> (N, M, V*D), mean over persons, then
   Linear(V*D, 2048) -> BatchNorm1d(2048) -> ReLU -> Linear(2048, classes); both Linear layers
   xavier-uniform with zero bias, as MAMP's ``_init_weights`` (spec/protocols-and-checkpoints.md 3.2).
-* :class:`PooledLinearHead` — SLiM semi-supervised head (spec/slim.md 5.3): one Linear on the
-  encoder's pooled [CLS || mean patch] feature, averaged over non-empty persons.
+* :class:`PooledLinearHead` — one Linear on the encoder's pooled [CLS || mean patch] feature, averaged
+  over non-empty persons (the ``mamp`` recipe's head for SLiM-shaped encoders, spec/slim.md 5.3).
+* :class:`SlimLinearHead` — SLiM's official semi-supervised head (the ``slim`` recipe).
 * :func:`layer_decay_multipliers` — spec C.2 table (decay 0.8, L = depth + 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import torch
@@ -83,6 +85,34 @@ class PooledLinearHead(nn.Module):
         return self.fc(self.drop(pool_persons(pooled, person_valid, "mean_valid")))
 
 
+class SlimLinearHead(nn.Module):
+    """SLiM's semi-supervised head [S slim/eval/finetune.py] (spec/protocols-and-checkpoints.md 2.2): one
+    Linear, weight N(0, ``init_std``) and zero bias, on the final-norm CLS of the last ``n_last_blocks``
+    blocks concatenated oldest first and, with ``avgpool``, the last block's patch-token mean; both
+    summed over non-empty persons (:func:`skelcli.eval.slim_eval.slim_features`). Input: that features
+    dict; output (N, classes), computed in fp32 as the official ``.float()`` inputs."""
+
+    def __init__(self, dim: int, num_classes: int, n_last_blocks: int = 1, avgpool: bool = True, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.n_last, self.avgpool = int(n_last_blocks), bool(avgpool)
+        self.fc = nn.Linear(dim * (self.n_last + int(self.avgpool)), num_classes)
+        nn.init.normal_(self.fc.weight, mean=0.0, std=init_std)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        cls = feats["cls"]
+        x = cls[:, -self.n_last:].reshape(cls.shape[0], -1)
+        if self.avgpool:
+            x = torch.cat([x, feats["patch"]], dim=-1)
+        return self.fc(x.float())
+
+
+def slim_head_config(num_classes: int, n_last_blocks: int = 1, avgpool: bool = True, init_std: float = 0.01) -> dict[str, Any]:
+    """``head_config`` of a :class:`SlimLinearHead` (stored in fine-tuned checkpoints)."""
+    return {"kind": "slim_linear", "num_classes": int(num_classes), "n_last_blocks": int(n_last_blocks), "avgpool": bool(avgpool),
+            "init_std": float(init_std), "person_pool": "sum"}
+
+
 def head_config_for(encoder: SkeletonEncoder, num_classes: int, dropout: float = 0.3, hidden: int = 2048) -> dict[str, Any]:
     """The head that fits an encoder: MAMP head for mean-pooled encoders, pooled linear for cls_mean (SLiM)."""
     cfg = encoder.config
@@ -96,19 +126,33 @@ def build_head(encoder: SkeletonEncoder, head_config: dict[str, Any]) -> nn.Modu
         return MampFinetuneHead(cfg.dim, cfg.num_joints, head_config["num_classes"], head_config["hidden"], head_config["dropout"])
     if head_config["kind"] == "pooled_linear":
         return PooledLinearHead(cfg.feature_dim, head_config["num_classes"], head_config["dropout"])
+    if head_config["kind"] == "slim_linear":
+        return SlimLinearHead(cfg.dim, head_config["num_classes"], head_config["n_last_blocks"], head_config["avgpool"],
+                              head_config.get("init_std", 0.01))
     raise ValueError(f"unknown head kind {head_config['kind']!r}")
 
 
 class FinetuneModel(nn.Module):
-    """Encoder + head trained end to end. forward: clips (N, M, T, V, C) -> logits (N, classes)."""
+    """Encoder + head trained end to end. forward: clips (N, M, T, V, C) -> logits (N, classes).
+
+    ``person_mask`` (N, M) bool, used by the ``slim_linear`` head: SLiM's non-empty persons of the clips'
+    buffers (None: from the views). ``autocast``: a context factory around the encoder of a
+    ``slim_linear`` model (SLiM autocasts the features only); the default does nothing."""
 
     def __init__(self, encoder: SkeletonEncoder, head_config: dict[str, Any]) -> None:
         super().__init__()
         self.encoder = encoder
         self.head_config = dict(head_config)
         self.head = build_head(encoder, head_config)
+        self.autocast: Any = contextlib.nullcontext
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, person_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.head_config["kind"] == "slim_linear":
+            from skelcli.eval.slim_eval import slim_features
+
+            with self.autocast():
+                feats = slim_features(self.encoder, x, self.head.n_last, person_mask)
+            return self.head(feats)
         n, m, t, v, c = x.shape
         valid = x.reshape(n, m, -1).abs().sum(dim=-1) > 0  # (N, M) non-empty persons
         feats = self.encoder.forward_features(x.reshape(n * m, t, v, c))  # (N*M, P+L, D)

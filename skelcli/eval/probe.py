@@ -80,17 +80,11 @@ def knn_probe(
     return ProbeResult("knn", classification_metrics(proba, test_y, num_classes), {"k": k_eff})
 
 
-#: MAMP's linear-probe recipe per dataset, (lr, global batch): main_linprobe.py run by script_linprobe.sh on
-#: 2 GPUs with the config's per-GPU batch (config/*/linprobe_t120_layer8.yaml; spec/protocols-and-checkpoints.md
-#: 3.1): NTU 0.1 at 2 x 128, PKU-I 0.1 at 2 x 64, PKU-II 0.01 at 2 x 16. Absolute learning rates (no
-#: batch scaling); the training loader drops the last partial batch.
-MAMP_LINEAR = {"ntu60": (0.1, 256), "ntu120": (0.1, 256), "pku-mmd-v1": (0.1, 128), "pku-mmd-v2": (0.01, 32)}
-MAMP_LINEAR_DEFAULT = (0.1, 256)
-
-
 def mamp_linear_recipe(dataset: str) -> tuple[float, int]:
     """(lr, global batch) of MAMP's linear probe for ``dataset`` (NTU's for any other data)."""
-    return MAMP_LINEAR.get(dataset, MAMP_LINEAR_DEFAULT)
+    from skelcli.eval.recipes import MampLinearRecipe
+
+    return MampLinearRecipe().resolved(dataset)
 
 
 def sgd_linear_probe(
@@ -104,6 +98,8 @@ def sgd_linear_probe(
     epochs: int = 100,
     lr: float = 0.1,
     momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    min_lr: float = 0.0,
     batch_size: int = 256,
     data_settings=None,
     device: str | torch.device = "cpu",
@@ -133,11 +129,12 @@ def sgd_linear_probe(
     for p in encoder.parameters():
         p.requires_grad_(False)
     head = LinearProbeHead(test_x.shape[1], num_classes).to(dev)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = len(train_split)
     full = n // batch_size
     steps_per_epoch = max(1, full)
-    sched = LRSchedule(opt, lr=lr, min_lr=0.0, warmup_epochs=0, epochs=epochs, steps_per_epoch=steps_per_epoch, weight_decay=0.0)
+    sched = LRSchedule(opt, lr=lr, min_lr=min_lr, warmup_epochs=0, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                       weight_decay=weight_decay)
     test_t = torch.from_numpy(test_x).to(dev)
     frames = encoder.config.num_frames
     history: list[float] = []
@@ -178,6 +175,36 @@ def sgd_linear_probe(
     return ProbeResult("linear", metrics, extra)
 
 
+def probe_recipe(kind: str, name: str | None, method: str | None, overrides: list[str] | None = None, *,
+                 k: int | None = None, epochs: int | None = None, lr: float | None = None, head_batch_size: int | None = None,
+                 person_pool: str | None = None):
+    """The recipe of a probe: ``name`` (None = the method's paper recipe), the command's shortcut options
+    (``--k``, ``--epochs``, ``--lr``, ``--head-batch-size``; each only where the recipe has that setting),
+    then ``--set`` overrides. A shortcut the recipe does not take is a one-line SkelError."""
+    from skelcli.eval.recipes import get_recipe
+
+    recipe_name = name
+    probe = get_recipe(kind, recipe_name, method)  # validates the name, picks the default
+    shortcuts = {"k": k, "epochs": epochs, "lr": lr, "batch_size": head_batch_size}
+    flags = {"k": "--k", "epochs": "--epochs", "lr": "--lr", "batch_size": "--head-batch-size"}
+    base: dict[str, Any] = {}
+    fields = type(probe).model_fields
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key == "k" and "report_k" in fields:  # SLiM's kNN: --k picks the reported k (added to the list)
+            base["report_k"] = value
+            base["ks"] = tuple(sorted({*probe.ks, int(value)}))
+        elif key in fields:
+            base[key] = value
+        else:
+            raise SkelError(f"{flags[key]} does not apply to the {probe.name} {kind} recipe "
+                            f"(its settings: {', '.join(fields)}; change them with --set field=value)")
+    if person_pool is not None and "person_pool" in fields:
+        base["person_pool"] = person_pool
+    return get_recipe(kind, probe.name, method, overrides, base=base)
+
+
 def run_probe(
     checkpoint: str | Path | None,
     data_path: str | Path,
@@ -185,9 +212,11 @@ def run_probe(
     out_dir: str | Path,
     *,
     kind: str = "linear",
-    head: str = "sklearn",
-    k: int = 20,
-    epochs: int = 100,
+    recipe: str | None = None,
+    recipe_overrides: list[str] | None = None,
+    head: str | None = None,
+    k: int | None = None,
+    epochs: int | None = None,
     lr: float | None = None,
     batch_size: int = 128,
     head_batch_size: int | None = None,
@@ -199,58 +228,122 @@ def run_probe(
     cache: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """``skel probe``: features of the train and test splits, then the probe; writes confusion files and
-    ``metrics.json`` into ``out_dir``. Returns the JSON-ready summary.
+    """``skel probe``: the recipe's probe of a frozen encoder; writes confusion files and ``metrics.json``
+    into ``out_dir``. Returns the JSON-ready summary, whose ``recipe`` holds the recipe's name, sources and
+    settings (:mod:`skelcli.eval.recipes`).
 
-    ``batch_size``: clips per feature-extraction batch. The sgd head follows MAMP's recipe
-    (:func:`mamp_linear_recipe`: the data set's lr and global batch) unless ``lr`` / ``head_batch_size``
-    are given; the result's ``recipe`` says which."""
+    ``recipe`` None = the checkpoint method's paper recipe (linear: SLiM -> ``slim``, others -> ``mamp``;
+    kNN: SLiM -> ``slim``, others -> ``skel``). ``head`` is the older spelling: ``sklearn`` or ``sgd``
+    (= the ``mamp`` recipe). ``batch_size``: clips per feature-extraction batch."""
     from skelcli.eval.features import check_batch_size, check_person_pool, default_person_pool, extract_features, load_split, prepare_encoder
     from skelcli.eval.report import jsonable_metrics, save_confusion, write_json
 
     if kind not in ("linear", "knn"):
         raise SkelError(f"unknown protocol {kind!r}; available: linear, knn")
-    if head not in ("sklearn", "sgd"):
-        raise SkelError(f"unknown head {head!r}; available: sklearn, sgd")
-    if k < 1:
+    if head is not None:
+        if head not in ("sklearn", "sgd"):
+            raise SkelError(f"unknown head {head!r}; available: sklearn, sgd")
+        if kind == "linear":
+            legacy = "mamp" if head == "sgd" else "sklearn"
+            if recipe is not None and recipe != legacy:
+                raise SkelError(f"--head {head} and --recipe {recipe} contradict each other; use --recipe alone")
+            recipe = legacy
+    if k is not None and k < 1:
         raise SkelError(f"--k must be >= 1, got {k}")
     check_batch_size(batch_size)
     check_person_pool(person_pool)
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise SkelError(f"--epochs must be >= 1, got {epochs}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise SkelError(f"--lr must be a finite number > 0, got {lr}")
     if head_batch_size is not None and head_batch_size < 2:
         raise SkelError(f"--head-batch-size must be >= 2 (the head's BatchNorm needs two clips), got {head_batch_size}")
     encoder, info, dinfo = prepare_encoder(checkpoint, data_path, protocol, random_init=random_init, preset=preset, seed=seed)
-    pool = person_pool or default_person_pool(info.method)
+    rec = probe_recipe(kind, recipe, info.method, recipe_overrides, k=k, epochs=epochs, lr=lr, head_batch_size=head_batch_size,
+                       person_pool=person_pool)
     out_dir = Path(out_dir)
-    cache_dir = (Path(checkpoint).parent / ".features" if checkpoint else out_dir / ".features") if cache else None
     num_classes = int(dinfo.num_classes)
-    train_split = load_split(data_path, protocol, "train") if (kind == "linear" and head == "sgd") else None
-    common = dict(batch_size=batch_size, device=device, cache_dir=cache_dir, person_pool=pool)
-    tr_x, tr_y = extract_features(encoder, info, data_path, protocol, "train", split=train_split, **common)
-    te_x, te_y = extract_features(encoder, info, data_path, protocol, "test", **common)
-    if kind == "knn":
-        result = knn_probe(tr_x, tr_y, te_x, te_y, num_classes, k=k)
-    elif head == "sklearn":
-        result = sklearn_linear_probe(tr_x, tr_y, te_x, te_y, num_classes, seed=seed)
+    notes: list[str] = []
+    depth = encoder.config.depth
+    if kind == "linear" and rec.name == "slim" and max(rec.n_last_blocks) > depth:
+        # "The last 4 blocks" needs 4 blocks: a shallower encoder (the small preset has 2) uses all of its own.
+        capped = tuple(sorted({min(n, depth) for n in rec.n_last_blocks}))
+        notes.append(f"n_last_blocks {list(rec.n_last_blocks)} capped at the encoder's {depth} blocks: {list(capped)}")
+        rec = rec.model_copy(update={"n_last_blocks": capped})
+    if rec.name == "slim":
+        result, tr_n, te_n, te_y, feat_dim, pool = _slim_probe(encoder, data_path, protocol, kind, rec, device=device, seed=seed,
+                                                                on_epoch=on_epoch)
     else:
-        recipe_lr, recipe_batch = mamp_linear_recipe(str(dinfo.dataset))
-        result = sgd_linear_probe(encoder, train_split, te_x, te_y, num_classes, person_pool=pool, epochs=epochs,
-                                  lr=recipe_lr if lr is None else lr, batch_size=head_batch_size or recipe_batch,
-                                  device=device, seed=seed, on_epoch=on_epoch)
-        custom = [name for name, v in (("lr", lr), ("head batch", head_batch_size)) if v is not None]
-        result.extra["recipe"] = "mamp" + (f" ({', '.join(custom)} set by hand)" if custom else "")
+        pool = getattr(rec, "person_pool", None) or person_pool or default_person_pool(info.method)
+        cache_dir = (Path(checkpoint).parent / ".features" if checkpoint else out_dir / ".features") if cache else None
+        train_split = load_split(data_path, protocol, "train") if rec.name == "mamp" else None
+        crop = getattr(rec, "test_crop", 0.95)
+        common = dict(batch_size=batch_size, device=device, cache_dir=cache_dir, person_pool=pool, test_crop=crop)
+        tr_x, tr_y = extract_features(encoder, info, data_path, protocol, "train", split=train_split, **common)
+        te_x, te_y = extract_features(encoder, info, data_path, protocol, "test", **common)
+        tr_n, te_n, feat_dim = len(tr_y), len(te_y), int(tr_x.shape[1])
+        if kind == "knn":
+            result = knn_probe(tr_x, tr_y, te_x, te_y, num_classes, k=rec.k)
+        elif rec.name == "sklearn":
+            result = sklearn_linear_probe(tr_x, tr_y, te_x, te_y, num_classes, max_iter=rec.max_iter, C=rec.C, seed=seed)
+        else:
+            from skelcli.settings import DataSettings
+
+            rec_lr, rec_batch = rec.resolved(str(dinfo.dataset))
+            views = DataSettings(crop_min=rec.crop_min, crop_max=rec.crop_max, min_crop_frames=rec.min_crop_frames, rotation=rec.rotation)
+            result = sgd_linear_probe(encoder, train_split, te_x, te_y, num_classes, person_pool=pool, epochs=rec.epochs, lr=rec_lr,
+                                      momentum=rec.momentum, weight_decay=rec.weight_decay, min_lr=rec.min_lr, batch_size=rec_batch,
+                                      data_settings=views, device=device, seed=seed, on_epoch=on_epoch)
+            result.extra["top1_reported"] = "best epoch on the test split (MAMP's max_accuracy)"
     files = save_confusion(result.metrics["confusion"], out_dir, class_names=getattr(dinfo, "class_names", None))
     summary = {
-        "protocol": kind, "head": head if kind == "linear" else None,
+        "protocol": kind, "recipe": rec.describe(), "recipe_label": rec.label(),
+        "head": {"mamp": "sgd", "sklearn": "sklearn", "slim": "slim-grid"}.get(rec.name) if kind == "linear" else None,
         "checkpoint": str(checkpoint) if checkpoint else None, "random_init": random_init,
         "method": info.method, "pretrain_dataset": info.dataset, "epoch": info.epoch,
         "data": str(data_path), "dataset": dinfo.dataset, "split": protocol, "num_classes": num_classes,
         "classes_present": int(len(np.unique(te_y))),
-        "person_pool": pool, "feature_dim": int(tr_x.shape[1]), "n_train": int(len(tr_y)), "n_test": int(len(te_y)),
-        **jsonable_metrics(result.metrics), **result.extra, "files": files,
+        "person_pool": pool, "feature_dim": feat_dim, "n_train": int(tr_n), "n_test": int(te_n),
+        **jsonable_metrics(result.metrics), **result.extra, "notes": notes, "files": files,
     }
     write_json(out_dir / "metrics.json", summary)
     return summary
+
+
+def _slim_probe(encoder, data_path, protocol: str, kind: str, rec, *, device: str, seed: int, on_epoch=None):
+    """SLiM's own linear grid or k-NN (:mod:`skelcli.eval.slim_eval`). Returns (ProbeResult whose
+    ``top1`` is the paper's number, n_train, n_test, test labels, feature width, person pooling)."""
+    from skelcli.eval.features import load_split
+    from skelcli.eval.finetune import carve_validation
+    from skelcli.eval.report import classification_metrics
+    from skelcli.eval.slim_eval import slim_knn, slim_linear_grid
+
+    train = load_split(data_path, protocol, "train")
+    test = load_split(data_path, protocol, "test")
+    num_classes = train.num_classes
+    if kind == "knn":
+        res = slim_knn(encoder, train, test, rec, device=device)
+        logits = np.zeros((len(test), num_classes), dtype=np.float32)
+        logits[:, : res["scores"].shape[1]] = res["scores"][:, :num_classes]  # the vote at report_k (argmax = prediction)
+        extra = {"k": rec.report_k, "accuracy_at_k": {str(kk): float(v) for kk, v in res["accuracy"].items()},
+                 "top1_reported": f"k = {rec.report_k} (SLiM scripts/eval_knn.sh)"}
+        return ProbeResult("knn", classification_metrics(logits, test.labels, num_classes), extra), len(train), len(test), test.labels, \
+            int(res["feature_dim"]), "concat"
+    val = None
+    if rec.val_fraction > 0:
+        tr_idx, val_idx = carve_validation(np.arange(len(train)), rec.val_fraction, seed)
+        train, val = train.subset(tr_idx), train.subset(val_idx)
+    res = slim_linear_grid(encoder, train, test, rec, val_split=val, device=device, seed=seed,
+                           on_eval=(lambda it, top1: on_epoch(it - 1, top1, unit="iteration")) if on_epoch else None)
+    logits = np.asarray(res.pop("logits_best"))
+    metrics = classification_metrics(logits, test.labels, num_classes)
+    best = res["best"]
+    extra = {
+        "best_head": best, "val_chosen": res.get("val_chosen"), "num_heads": res["num_heads"], "heads": res["heads"],
+        "history": res.get("history"), "iterations": res.get("iterations"), "head_batch_size": res.get("batch_size"),
+        "n_val": 0 if val is None else len(val),
+        "top1_reported": "best head of the grid on the test split at the final evaluation (SLiM linear.py); "
+                         "val_chosen = the head chosen on a validation split carved from train",
+    }
+    width = max(h["n"] + int(h["avgpool"]) for h in res["heads"]) * encoder.config.dim
+    return ProbeResult("linear", metrics, extra), len(train), len(test), test.labels, int(width), "sum_valid"

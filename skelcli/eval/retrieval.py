@@ -80,8 +80,10 @@ def run_retrieval(
     protocol: str,
     out_dir: str | Path,
     *,
-    k: int = 1,
-    ks: Sequence[int] = (1, 5, 10),
+    recipe: str | None = None,
+    recipe_overrides: list[str] | None = None,
+    k: int | None = None,
+    ks: Sequence[int] | None = None,
     batch_size: int = 128,
     person_pool: str | None = None,
     device: str = "auto",
@@ -91,28 +93,54 @@ def run_retrieval(
     cache: bool = True,
 ) -> dict[str, Any]:
     """``skel retrieve``: gallery = train split, queries = test split; writes ``metrics.json`` and the
-    confusion matrix of the k-NN predictions into ``out_dir``. Returns the JSON-ready summary."""
+    confusion matrix of the k-NN predictions into ``out_dir``. Returns the JSON-ready summary.
+
+    ``recipe`` (None = the method's paper): ``skel`` = cosine 1-NN on centre-crop features (CMD / ISC);
+    ``slim`` = SLiM's k-NN features and vote at k = 1 (:func:`skelcli.eval.slim_eval.slim_knn`). ``k`` /
+    ``ks`` are shortcuts for the recipe's ``k`` (slim: ``report_k``) and ``precision_k``."""
     from skelcli.errors import SkelError
     from skelcli.eval.features import check_batch_size, check_person_pool, default_person_pool, extract_features, prepare_encoder
+    from skelcli.eval.recipes import get_recipe
     from skelcli.eval.report import jsonable_metrics, metrics_from_predictions, save_confusion, write_json
 
-    if k < 1 or any(int(x) < 1 for x in ks):
-        raise SkelError(f"k values must be >= 1 (got k={k}, precision ks={list(ks)})")
+    if (k is not None and k < 1) or any(int(x) < 1 for x in (ks or ())):
+        raise SkelError(f"k values must be >= 1 (got k={k}, precision ks={list(ks or ())})")
     check_batch_size(batch_size)
     check_person_pool(person_pool)
     encoder, info, dinfo = prepare_encoder(checkpoint, data_path, protocol, random_init=random_init, preset=preset, seed=seed)
-    # SLiM's retrieval feature concatenates the two persons (spec/slim.md 5.3); MAMP-family: mean (spec H).
-    pool = person_pool or ("concat" if (info.method or "").startswith("slim") else default_person_pool(info.method))
+    base: dict[str, Any] = {}
+    if ks is not None:
+        base["precision_k"] = tuple(int(x) for x in ks)
+    rec = get_recipe("retrieval", recipe, info.method)
+    if k is not None:
+        base.update({"report_k": int(k), "ks": tuple(sorted({*rec.ks, int(k)}))} if rec.name == "slim" else {"k": int(k)})
+    rec = get_recipe("retrieval", rec.name, info.method, recipe_overrides, base=base)
     out_dir = Path(out_dir)
-    cache_dir = (Path(checkpoint).parent / ".features" if checkpoint else out_dir / ".features") if cache else None
-    common = dict(batch_size=batch_size, device=device, cache_dir=cache_dir, person_pool=pool)
-    g_x, g_y = extract_features(encoder, info, data_path, protocol, "train", **common)
-    q_x, q_y = extract_features(encoder, info, data_path, protocol, "test", **common)
-    res = retrieval_metrics(g_x, g_y, q_x, q_y, k=k, ks=ks)
+    if rec.name == "slim":
+        from skelcli.eval.features import load_split
+        from skelcli.eval.slim_eval import slim_knn
+
+        gallery, queries = load_split(data_path, protocol, "train"), load_split(data_path, protocol, "test")
+        knn = slim_knn(encoder, gallery, queries, rec, device=device)
+        g_x, q_x = knn["gallery_features"], knn["query_features"]
+        g_y, q_y = gallery.labels, queries.labels
+        res = {"top1": float(knn["top1"]), "k": rec.report_k, "accuracy_at_k": {str(kk): float(v) for kk, v in knn["accuracy"].items()},
+               **ranking_metrics(g_x, g_y, q_x, q_y, rec.precision_k), "n_gallery": int(len(g_y)), "n_query": int(len(q_y)),
+               "pred": np.asarray(knn["predictions"])}
+        pool = "concat"
+    else:
+        # MAMP-family: mean over persons (spec H); SLiM checkpoints under this recipe: persons side by side.
+        pool = person_pool or ("concat" if (info.method or "").startswith("slim") else default_person_pool(info.method))
+        cache_dir = (Path(checkpoint).parent / ".features" if checkpoint else out_dir / ".features") if cache else None
+        common = dict(batch_size=batch_size, device=device, cache_dir=cache_dir, person_pool=pool)
+        g_x, g_y = extract_features(encoder, info, data_path, protocol, "train", **common)
+        q_x, q_y = extract_features(encoder, info, data_path, protocol, "test", **common)
+        res = retrieval_metrics(g_x, g_y, q_x, q_y, k=rec.k, ks=rec.precision_k)
     cls = metrics_from_predictions(res.pop("pred"), q_y, int(dinfo.num_classes))
     files = save_confusion(cls["confusion"], out_dir, class_names=getattr(dinfo, "class_names", None))
     summary = {
-        "protocol": "retrieval", "checkpoint": str(checkpoint) if checkpoint else None, "random_init": random_init,
+        "protocol": "retrieval", "recipe": rec.describe(), "recipe_label": rec.label(),
+        "checkpoint": str(checkpoint) if checkpoint else None, "random_init": random_init,
         "method": info.method, "pretrain_dataset": info.dataset, "epoch": info.epoch,
         "data": str(data_path), "dataset": dinfo.dataset, "split": protocol, "num_classes": int(dinfo.num_classes),
         "classes_present": int(len(np.unique(q_y))),

@@ -190,6 +190,14 @@ class SkeletonEncoder(nn.Module):
         token indices of those tokens (needed for RoPE; defaults to 0..L'-1). Returns
         (B, P + L', D) with P = num_prefix tokens first.
         """
+        tokens, rope = self._block_inputs(tokens, token_index)
+        for blk in self.blocks:
+            tokens = blk(tokens, rope)
+        return self.norm(tokens)
+
+    def _block_inputs(self, tokens: torch.Tensor, token_index: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple | None]:
+        """The blocks' input: CLS/registers prepended to ``tokens`` (B, L', D) -> (B, P + L', D), and
+        the RoPE tables (cos, sin, num_prefix) of ``token_index`` (None without RoPE)."""
         cfg = self.config
         b, n, _ = tokens.shape
         prefix = self._prefix(b)
@@ -201,9 +209,26 @@ class SkeletonEncoder(nn.Module):
                 token_index = torch.arange(n, device=tokens.device).expand(b, n)
             cos, sin = rope_tables(torch.div(token_index, cfg.num_joints, rounding_mode="floor"), cfg.dim // cfg.heads, cfg.rope_base)
             rope = (cos, sin, cfg.num_prefix)
-        for blk in self.blocks:
+        return tokens, rope
+
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """Outputs of the last ``n`` blocks for full, unmasked clips, each through the final norm.
+
+        DINOv2 / SLiM ``get_intermediate_layers(x, n, norm=True)`` [S slim/models/vision_transformer.py]:
+        x (B, T, V, C) -> a list of ``n`` tensors (B, P + L, D), oldest block first, prefix tokens
+        (CLS, registers) first as in :meth:`run_blocks`; the last element equals
+        :meth:`forward_features` ``(x)``. Splitting off CLS / patch tokens is the caller's job.
+        """
+        depth = len(self.blocks)
+        if not 1 <= n <= depth:
+            raise ValueError(f"n must be in 1..{depth} (the encoder's depth), got {n}")
+        tokens, rope = self._block_inputs(self.embed(x))
+        outputs = []
+        for i, blk in enumerate(self.blocks):
             tokens = blk(tokens, rope)
-        return self.norm(tokens)
+            if i >= depth - n:
+                outputs.append(self.norm(tokens))
+        return outputs
 
     def forward_features(
         self,
