@@ -5,25 +5,40 @@ from __future__ import annotations
 import numpy as np
 
 
-def toy_split(n_per: int, classes: int, seed: int):
+def toy_split(n_per: int, classes: int, seed: int, *, frames: tuple[int, int] = (12, 20), second_person: bool = False):
     """A SplitData of clips whose class sets a constant pose offset: easy for any encoder.
 
-    Clips of 12-19 frames, 2 persons (the second empty), 25 joints; person 0 = N(0, 0.1) + (c - C/2).
+    Clips of ``frames`` = [lo, hi) frames (12-19), 2 persons, 25 joints; person 0 = N(0, 0.1) + (c - C/2);
+    person 1 empty, or with ``second_person`` N(0, 0.1) - (c - C/2) in every other clip of a class.
     """
     from skelcli.eval.features import SplitData
 
     rng = np.random.default_rng(seed)
     parts, labels = [], []
     for c in range(classes):
-        for _ in range(n_per):
-            t = int(rng.integers(12, 20))
+        for i in range(n_per):
+            t = int(rng.integers(*frames))
             clip = np.zeros((t, 2, 25, 3), dtype=np.float32)
             clip[:, 0] = 0.1 * rng.normal(size=(t, 25, 3)) + (c - classes / 2)
+            if second_person and i % 2:
+                clip[:, 1] = 0.1 * rng.normal(size=(t, 25, 3)) - (c - classes / 2)
             parts.append(clip)
             labels.append(c)
     lengths = np.array([p.shape[0] for p in parts])
     return SplitData(np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)]), np.array(labels), lengths, "toy", classes,
                      [f"s{i}" for i in range(len(labels))])
+
+
+class StopAfter:
+    """Stands in for the SIGINT/SIGTERM handler (``StopSignal``): reports SIGTERM from the ``n``-th check on."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.checks = n, 0
+
+    @property
+    def received(self):
+        self.checks += 1
+        return "SIGTERM" if self.checks >= self.n else None
 
 
 # ----------------------------------------------------------------- pretraining-gain checks (CLI)

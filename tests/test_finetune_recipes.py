@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_one_line_error, run_cli
+from helpers import StopAfter, assert_one_line_error, run_cli
 from skelcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from skelcli.engine.rundir import RunDir
 from skelcli.eval.finetune import FinetuneSettings, finetune_once, mamp_official_subset, slim_subset
@@ -195,18 +195,6 @@ def test_slim_recipe_refuses_an_encoder_without_cls(data_file, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- resume
-class _StopAfter:
-    """Stands in for the SIGINT/SIGTERM handler: reports SIGTERM from the ``n``-th check on."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.checks = n, 0
-
-    @property
-    def received(self):
-        self.checks += 1
-        return "SIGTERM" if self.checks >= self.n else None
-
-
 @pytest.mark.parametrize("stop_at", [2, 3])  # inside the stream of clips / right after an evaluation
 def test_slim_recipe_resume_reaches_the_uninterrupted_weights(data_file, slim_ckpt, tmp_path, stop_at):
     from skelcli.engine.checkpoint import load_encoder
@@ -222,7 +210,7 @@ def test_slim_recipe_resume_reaches_the_uninterrupted_weights(data_file, slim_ck
     ref = finetune_once(encoder.config, state, train, test, 60, s, **kw)
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    part = finetune_once(encoder.config, state, train, test, 60, s, run=run, stop=_StopAfter(stop_at), **kw)
+    part = finetune_once(encoder.config, state, train, test, 60, s, run=run, stop=StopAfter(stop_at), **kw)
     assert part["interrupted"] == "SIGTERM" and part["steps"] == stop_at
     ckpt = load_checkpoint(run.path / "last.pt")
     assert ckpt["step"] == stop_at and ckpt["recipe"] == "slim"

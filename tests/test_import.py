@@ -429,9 +429,12 @@ def test_cli_import_then_probe_retrieve_finetune(tmp_path, data_file, kind):
     r = runner.invoke(app, ["retrieve", "--checkpoint", str(tmp_path / "imp.pt"), "--data", str(data_file), "--split", "xsub",
                             "--k", "1", "--device", "cpu", "--out", str(tmp_path / "retrieve")])
     assert r.exit_code == 0, r.output
+    # each checkpoint's own paper recipe: MAMP's epochs, SLiM's iterations
+    budget = ["--epochs", "1"] if kind == "mamp" else ["--set", "iterations=4", "--set", "eval_every=2", "--set", "batch_size=4"]
     r = runner.invoke(app, ["finetune", "--checkpoint", str(tmp_path / "imp.pt"), "--data", str(data_file), "--split", "xsub",
-                            "--preset", "small", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "ft")])
+                            "--preset", "small", *budget, "--device", "cpu", "--out", str(tmp_path / "ft"), "--json", str(tmp_path / "ft.json")])
     assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ft.json").read_text())["recipe"]["name"] == kind
 
 
 def test_cli_errors_are_one_line(tmp_path):

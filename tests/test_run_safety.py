@@ -23,6 +23,7 @@ from skelcli.engine.checkpoint import load_checkpoint
 from skelcli.engine.rundir import RunDir, json_safe
 from skelcli.errors import SkelError
 
+from helpers import StopAfter
 from test_pretrain_cli import TINY
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SKEL_WIDTH": "200"}
@@ -105,18 +106,6 @@ def test_finetune_sigterm_then_resume_reaches_the_uninterrupted_weights(data_fil
     assert res_sum["runs"][0]["history"] == ref_sum["runs"][0]["history"]
 
 
-class _StopAfter:
-    """Stands in for the SIGINT/SIGTERM handler: reports SIGTERM from the ``n``-th check on."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.checks = n, 0
-
-    @property
-    def received(self):
-        self.checks += 1
-        return "SIGTERM" if self.checks >= self.n else None
-
-
 def test_finetune_resume_mid_epoch_is_exact(data_file, tmp_path):
     """A stop in the middle of an epoch (after 3 of 4 steps per epoch... at step 3) saves the epoch's clip
     order and position; resuming gives the same weights as an uninterrupted run of the same seed."""
@@ -130,7 +119,7 @@ def test_finetune_resume_mid_epoch_is_exact(data_file, tmp_path):
     ref = finetune_once(cfg, None, train, test, 60, s, seed=3)
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    part = finetune_once(cfg, None, train, test, 60, s, seed=3, run=run, stop=_StopAfter(6))
+    part = finetune_once(cfg, None, train, test, 60, s, seed=3, run=run, stop=StopAfter(6))
     assert part["interrupted"] == "SIGTERM"
     state = load_checkpoint(run.path / "last.pt")
     assert state["loop"]["batch_in_epoch"] > 0, state["loop"]["batch_in_epoch"]  # stopped inside an epoch

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import toy_split
 from skelcli.data.clips import ClipBatch
 from skelcli.eval.features import SplitData
 from skelcli.eval.recipes import SlimDownstreamView, SlimKnnRecipe, SlimLinearRecipe
@@ -51,20 +52,7 @@ def index_clip(valid: int, t_max: int | None = None) -> ClipBatch:
 
 def class_split(n_per: int, classes: int, seed: int, two_person: bool = True) -> SplitData:
     """Clips of 30-79 frames; the class sets a pose offset; the second person present in odd clips."""
-    rng = np.random.default_rng(seed)
-    parts, labels = [], []
-    for c in range(classes):
-        for i in range(n_per):
-            t = int(rng.integers(30, 80))
-            clip = np.zeros((t, 2, 25, 3), dtype=np.float32)
-            clip[:, 0] = 0.1 * rng.normal(size=(t, 25, 3)) + (c - classes / 2)
-            if two_person and i % 2:
-                clip[:, 1] = 0.1 * rng.normal(size=(t, 25, 3)) - (c - classes / 2)
-            parts.append(clip)
-            labels.append(c)
-    lengths = np.array([p.shape[0] for p in parts])
-    return SplitData(np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.array(labels),
-                     lengths, "toy", classes, [f"s{i}" for i in range(len(labels))])
+    return toy_split(n_per, classes, seed, frames=(30, 80), second_person=two_person)
 
 
 # ------------------------------------------------------------------------------- encoder layers

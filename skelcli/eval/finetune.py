@@ -60,29 +60,13 @@ import torch
 from pydantic import Field
 
 from skelcli.errors import SkelError
-from skelcli.settings import StrictModel
+from skelcli.eval.recipes import MampFinetuneRecipe
 
 
-class FinetuneSettings(StrictModel):
-    """Fine-tuning recipe; defaults = ``--preset paper`` (spec C.2)."""
+class FinetuneSettings(MampFinetuneRecipe):
+    """A fine-tuning run: the MAMP recipe's fields (:class:`~skelcli.eval.recipes.MampFinetuneRecipe`;
+    defaults = ``--preset paper``, spec C.2) plus the run's options."""
 
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(48, ge=2)
-    lr: float = Field(3e-4, gt=0)
-    min_lr: float = Field(1e-5, ge=0)
-    warmup_epochs: float = Field(5, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = Field(0.8, gt=0, le=1)
-    drop_path: float = Field(0.3, ge=0, lt=1)
-    head_dropout: float = Field(0.3, ge=0, lt=1)
-    head_hidden: int = Field(2048, ge=1)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    crop_min: float = Field(0.5, gt=0, le=1)
-    crop_max: float = Field(1.0, gt=0, le=1)
-    min_crop_frames: int = Field(64, ge=1)
-    rotation: float = Field(0.3, ge=0)
-    test_crop: float = Field(0.95, gt=0, le=1)
     label_fraction: float | None = Field(None, description="train on this fraction of the training split (0, 1]")
     balanced: bool = Field(False, description="stratified subset with at least one clip per class")
     subset_seed: int | None = Field(None, description="fix the subset across repeats (default: each repeat's seed)")
@@ -101,8 +85,6 @@ class FinetuneSettings(StrictModel):
 
     def mamp_recipe(self):
         """The :class:`~skelcli.eval.recipes.MampFinetuneRecipe` of these settings' recipe fields."""
-        from skelcli.eval.recipes import MampFinetuneRecipe
-
         return MampFinetuneRecipe(**{k: getattr(self, k) for k in MampFinetuneRecipe.model_fields})
 
     @classmethod
