@@ -3,10 +3,12 @@ encoder is probed, CLS || mean-patch features.
 
 Measured against the seed-0 random encoder of SLiM's shape (linear 0.798, kNN 0.684) with the small
 preset of docs/slim.md "Fidelity settings" (per-submodule clipping, trainable prototype norm): training
-seed 0 gives 0.862 / 0.777 (+6.4 / +9.3 points). Variants of the recipe one change apart gave +6.9 / +8.5
-and +7.7 / +9.0 on the same data, so a run moves by about 1.5 points with a change of kernel or order.
-The margin (3 points, 11 test clips) sits 3.4 points under the smallest gain. SLiM is the least robust of
-the four: on the seed-1 data it gains +3.5 / +3.4 (docs/benchmarks.md "The demo").
+seed 0 gives 0.862 / 0.777 (+6.4 / +9.3 points) on an Intel Xeon and 0.867 / 0.750 (+6.9 / +6.6) on an
+AMD EPYC. Variants of the recipe one change apart gave +6.9 / +8.5, +7.7 / +9.0 and (index-order bone
+scaling, AMD) +5.9 / +5.3 on the same data, so a run moves by 1-3 points with a change of CPU, kernel or
+order. The margin (3 points, 11 test clips) sits 3.4 points under the smallest gain of this preset. SLiM is
+the least robust of the four: on the seed-1 data it gains +3.5 / +3.4 (Intel) and +2.1 / +4.0 (AMD)
+(docs/benchmarks.md "The demo").
 """
 
 from helpers import assert_gain, pretrain_small, probe_vs_random

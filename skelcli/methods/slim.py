@@ -154,8 +154,10 @@ class SlimSettings(StrictModel):
                     # Shuffled local mask ratios at this budget: in order (official) the gains on the demo's
                     # seed-0 data fell from +6.4 / +9.3 to +2.9 / +3.7 points (docs/slim.md "Fidelity settings").
                     "shuffle_local_mask_ratios": True,
-                    # Forward-kinematics bone scaling: the released index-order rebuild gave +1.1 / -5.9 points
-                    # on the seed-0 data and +0.8 / +0.8 on seed 1 (docs/slim.md "Fidelity settings").
+                    # Forward-kinematics bone scaling. The released index-order rebuild gave +1.1 / -5.9 points on
+                    # the seed-0 data while it also moved the samples it skipped; fixed, +5.9 / +5.3 (seed 0) and
+                    # +1.9 / +5.3 (seed 1) against +6.9 / +6.6 and +2.1 / +4.0 for this one (docs/slim.md
+                    # "Fidelity settings"): no better, and less headroom for the gain test.
                     "scale_mode": "kinematic",
                     "num_prototypes": 256, "head_hidden_dim": 256, "head_bottleneck_dim": 64,
                     "teacher_temp_warmup_epochs": 2, "schedule_epochs": epochs, "iterations_per_epoch": None,
