@@ -110,6 +110,9 @@ def test_probe_cli_records_the_recipe_and_refuses_options_it_does_not_take(data_
                           "contradict")
     assert_one_line_error(run_cli("retrieve", "-d", data, "--random-init", "--recipe", "mamp", "--out", tmp_path / "q"),
                           "unknown --recipe 'mamp' for retrieval")
+    assert_one_line_error(run_cli("probe", "-d", data, "--random-init", "--recipe", "slim", "--person-pool", "mean", "--out", tmp_path / "q"),
+                          "--person-pool does not apply to the slim linear recipe")
+    assert not (tmp_path / "q").exists()
 
 
 def _slim_checkpoint(path, depth: int = 4):

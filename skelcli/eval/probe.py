@@ -202,6 +202,9 @@ def probe_recipe(kind: str, name: str | None, method: str | None, overrides: lis
                             f"(its settings: {', '.join(fields)}; change them with --set field=value)")
     if person_pool is not None and "person_pool" in fields:
         base["person_pool"] = person_pool
+    elif person_pool is not None and probe.name == "slim":
+        raise SkelError(f"--person-pool does not apply to the slim {kind} recipe (it sums / concatenates the persons as the "
+                        "official code does)")
     return get_recipe(kind, probe.name, method, overrides, base=base)
 
 

@@ -115,6 +115,8 @@ def run_retrieval(
     if k is not None:
         base.update({"report_k": int(k), "ks": tuple(sorted({*rec.ks, int(k)}))} if rec.name == "slim" else {"k": int(k)})
     rec = get_recipe("retrieval", rec.name, info.method, recipe_overrides, base=base)
+    if rec.name == "slim" and person_pool is not None:
+        raise SkelError("--person-pool does not apply to the slim retrieval recipe (it concatenates the persons as the official code does)")
     out_dir = Path(out_dir)
     if rec.name == "slim":
         from skelcli.eval.features import load_split
