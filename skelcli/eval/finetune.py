@@ -238,16 +238,6 @@ def slim_precision(device: torch.device, requested: str, recipe_precision: str) 
     return recipe_precision
 
 
-def _slim_autocast(device: torch.device, precision: str):
-    from contextlib import nullcontext
-
-    if precision == "fp16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.float16)
-    if precision == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext
-
-
 def _freeze_unused(encoder) -> None:
     """The mask token never gets a gradient in fine-tuning (officially too); excluding it keeps DDP from
     waiting for its gradient."""
@@ -336,7 +326,9 @@ def finetune_once(
 
         model = FinetuneModel(encoder, slim_head_config(num_classes, recipe.n_last_blocks, recipe.avgpool, recipe.head_init_std)).to(dev)
         precision = slim_precision(dev, s.precision, recipe.precision)
-        amp = _slim_autocast(dev, precision)
+        from skelcli.eval.slim_eval import slim_autocast
+
+        amp = lambda: slim_autocast(dev, precision)  # noqa: E731
         model.autocast = amp
         frames = recipe.frames or cfg.num_frames
         backbone_lr, head_lr = recipe.scaled_lrs()

@@ -177,17 +177,17 @@ def sgd_linear_probe(
 
 def probe_recipe(kind: str, name: str | None, method: str | None, overrides: list[str] | None = None, *,
                  k: int | None = None, epochs: int | None = None, lr: float | None = None, head_batch_size: int | None = None,
-                 person_pool: str | None = None):
-    """The recipe of a probe: ``name`` (None = the method's paper recipe), the command's shortcut options
-    (``--k``, ``--epochs``, ``--lr``, ``--head-batch-size``; each only where the recipe has that setting),
-    then ``--set`` overrides. A shortcut the recipe does not take is a one-line SkelError."""
+                 person_pool: str | None = None, base: dict[str, Any] | None = None):
+    """The recipe of a probe (``kind`` linear / knn) or of retrieval: ``name`` (None = the method's paper
+    recipe), ``base`` values, the command's shortcut options (``--k``, ``--epochs``, ``--lr``,
+    ``--head-batch-size``; each only where the recipe has that setting), then ``--set`` overrides. A
+    shortcut the recipe does not take is a one-line SkelError."""
     from skelcli.eval.recipes import get_recipe
 
-    recipe_name = name
-    probe = get_recipe(kind, recipe_name, method)  # validates the name, picks the default
+    probe = get_recipe(kind, name, method)  # validates the name, picks the default
     shortcuts = {"k": k, "epochs": epochs, "lr": lr, "batch_size": head_batch_size}
     flags = {"k": "--k", "epochs": "--epochs", "lr": "--lr", "batch_size": "--head-batch-size"}
-    base: dict[str, Any] = {}
+    base = dict(base or {})
     fields = type(probe).model_fields
     for key, value in shortcuts.items():
         if value is None:

@@ -100,7 +100,7 @@ def run_retrieval(
     ``ks`` are shortcuts for the recipe's ``k`` (slim: ``report_k``) and ``precision_k``."""
     from skelcli.errors import SkelError
     from skelcli.eval.features import check_batch_size, check_person_pool, default_person_pool, extract_features, prepare_encoder
-    from skelcli.eval.recipes import get_recipe
+    from skelcli.eval.probe import probe_recipe
     from skelcli.eval.report import jsonable_metrics, metrics_from_predictions, save_confusion, write_json
 
     if (k is not None and k < 1) or any(int(x) < 1 for x in (ks or ())):
@@ -108,15 +108,8 @@ def run_retrieval(
     check_batch_size(batch_size)
     check_person_pool(person_pool)
     encoder, info, dinfo = prepare_encoder(checkpoint, data_path, protocol, random_init=random_init, preset=preset, seed=seed)
-    base: dict[str, Any] = {}
-    if ks is not None:
-        base["precision_k"] = tuple(int(x) for x in ks)
-    rec = get_recipe("retrieval", recipe, info.method)
-    if k is not None:
-        base.update({"report_k": int(k), "ks": tuple(sorted({*rec.ks, int(k)}))} if rec.name == "slim" else {"k": int(k)})
-    rec = get_recipe("retrieval", rec.name, info.method, recipe_overrides, base=base)
-    if rec.name == "slim" and person_pool is not None:
-        raise SkelError("--person-pool does not apply to the slim retrieval recipe (it concatenates the persons as the official code does)")
+    rec = probe_recipe("retrieval", recipe, info.method, recipe_overrides, k=k, person_pool=person_pool,
+                       base=None if ks is None else {"precision_k": tuple(int(x) for x in ks)})
     out_dir = Path(out_dir)
     if rec.name == "slim":
         from skelcli.eval.features import load_split

@@ -374,32 +374,28 @@ def head_grid(recipe) -> list[HeadSpec]:
 
 
 # ----------------------------------------------------------------------------------- linear grid
-def _autocast(device: torch.device, precision: str):
-    """fp16 autocast on CUDA when ``precision == "fp16"`` (the teacher's param_dtype,
-    [S slim/eval/setup.py]); a no-op otherwise (CPU runs fp32)."""
+def slim_autocast(device: torch.device, precision: str):
+    """The autocast of SLiM's evaluation recipes: fp16 on CUDA for ``precision == "fp16"`` (the teacher's
+    param_dtype, [S slim/eval/setup.py]), bf16 when asked for explicitly, else a no-op (CPU runs fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     if device.type == "cuda" and precision == "fp16":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
 
 def _guess_topology(split, topology=None):
-    """The clips' topology: ``topology`` if given, else the split's ``topology`` attribute, else the one
-    built-in layout with the split's joint count and coordinate dimensions (``ntu25`` for 25 x 3-D)."""
-    from skelcli.topology import BUILTIN, NTU25, get_topology
+    """The clips' topology: ``topology`` if given, else the split's own (:func:`~skelcli.eval.features.load_split`
+    sets it), else ``ntu25`` for 25 joints x 3-D (hand-built splits)."""
+    from skelcli.topology import NTU25, get_topology
 
-    if topology is not None:
-        return get_topology(topology)
-    own = getattr(split, "topology", None)
+    own = topology if topology is not None else getattr(split, "topology", None)
     if own is not None:
         return get_topology(own)
     v, c = split.joints.shape[2], split.joints.shape[3]
-    dims = int(getattr(split, "dims", 3))
-    if v == NTU25.num_joints and dims == 3:
+    if v == NTU25.num_joints and c == NTU25.channels:
         return NTU25
-    matches = [t for t in BUILTIN.values() if t.num_joints == v and t.dims == dims and t.channels == c]
-    if len(matches) == 1:
-        return matches[0]
-    raise SkelError(f"cannot tell the joint layout of {v} joints x {c} values ({dims}-D) for the SLiM train view "
+    raise SkelError(f"cannot tell the joint layout of {v} joints x {c} values for the SLiM train view "
                     "(mirror / bone scaling); pass topology=")
 
 
@@ -414,7 +410,7 @@ def _split_features(encoder, split, n_last: int, frames: int, *, device: torch.d
             idx = np.arange(start, min(start + batch_size, len(split)))
             buf = slim_buffer(split.batch(idx, device), pad_min_frames)
             views = slim_test_view(buf, frames)
-            with _autocast(device, precision):
+            with slim_autocast(device, precision):
                 f = slim_features(encoder, views, n_last, buf.person_mask)
             parts.append({k: f[k] for k in keep})
     return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
@@ -534,7 +530,7 @@ def slim_linear_grid(
         with torch.no_grad():
             buf = slim_buffer(clips, recipe.pad_min_frames)
             views = slim_train_view(buf, recipe, topo, view_gen, frames=frames)
-            with _autocast(dev, recipe.precision):
+            with slim_autocast(dev, recipe.precision):
                 feats = slim_features(encoder, views, n_last, buf.person_mask)
             feats = {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
         loss = sum(torch.nn.functional.cross_entropy(h(linear_input(feats, s.n, s.avgpool)), clips.label)
