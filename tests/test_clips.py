@@ -256,6 +256,7 @@ def test_bad_arguments():
         random_rotation(torch.zeros(1, 1, 2, 2, 2))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_for_a_seed():
     valid = torch.tensor([40, 300, 120, 64])

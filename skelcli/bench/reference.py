@@ -1,4 +1,4 @@
-"""A straightforward fp32 eager MAMP model: the baseline of ``skel benchmark --baseline-impl reference``.
+"""A straightforward fp32 eager MAMP model: the baseline of ``skel benchmark --baseline eager``.
 
 Written plainly after the reference repository's structure as described in
 spec/mamp-and-data.md A (not copied): Conv2d patch embedding with kernel = stride = (4, 1),

@@ -132,7 +132,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
             torch.cuda.empty_cache()
 
     baseline = None
-    if cfg.baseline_impl == "reference":
+    if cfg.baseline_impl == "reference" or cfg.baseline == "eager":
         mamp = built.get("mamp")
         depth = mamp.settings.decoder.depth if mamp is not None else 3
         tau = mamp.settings.tau if mamp is not None else 0.80
@@ -143,6 +143,20 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
         baseline = measure_reference(cfg, device, depth, tau, enc_cfg)
         ours = _get(methods.get("mamp"), "train", "samples_per_s")
         baseline["ours_over_reference"] = _div(ours, baseline["samples_per_s"])
+    elif cfg.baseline == "official":
+        from skelcli.bench.official import measure_official, verdict_line
+        from skelcli.models.encoder import EncoderConfig
+
+        mamp = built.get("mamp")
+        s = mamp.settings if mamp is not None else None
+        log(f"official: timing the maoyunyao/MAMP training step from {cfg.official_src}")
+        baseline = measure_official(cfg, device, cfg.official_src, s.encoder if s else EncoderConfig(),
+                                    s.decoder.depth if s else 3, s.tau if s else 0.80, s.mask_ratio if s else 0.9,
+                                    motion_stride=s.motion_stride if s else 1, decoder_dim=s.decoder.dim if s else None,
+                                    norm_target=s.norm_target if s else True)
+        ours = _get(methods.get("mamp"), "train", "samples_per_s")
+        baseline["ours_over_official"] = _div(ours, baseline["samples_per_s"])
+        baseline["verdict"] = verdict_line(ours, baseline)
     elif cfg.baseline_impl not in (None, ""):
         raise SkelError(f"unknown --baseline-impl {cfg.baseline_impl!r}; the only one is 'reference'")
 
@@ -247,8 +261,13 @@ def render(report: dict[str, Any], console) -> None:
         _render_methods(report, methods, console)
     if report.get("baseline"):
         b = report["baseline"]
-        console.print(f"reference eager MAMP step: {_f(b['ms_per_step']['median_ms'], '{:.1f}')} ms/step, "
-                      f"{_f(b['samples_per_s'])} samples/s; ours / reference throughput = {_f(b.get('ours_over_reference'), '{:.2f}x')}")
+        if "verdict" in b:  # --baseline official
+            console.print(f"official MAMP step: {_f(b['ms_per_step']['median_ms'], '{:.1f}')} ms/step, first loss "
+                          f"{_f(b.get('first_loss'), '{:.3f}')} ({b['src']})", markup=False, highlight=False)
+            console.print(b["verdict"], markup=False, highlight=False)
+        else:
+            console.print(f"reference eager MAMP step: {_f(b['ms_per_step']['median_ms'], '{:.1f}')} ms/step, "
+                          f"{_f(b['samples_per_s'])} samples/s; ours / reference throughput = {_f(b.get('ours_over_reference'), '{:.2f}x')}")
     e2e = report.get("end_to_end")
     if e2e:
         t = Table(title=f"End to end ({e2e.get('data')})")

@@ -228,7 +228,9 @@ class BenchConfig:
     preset: str = "paper"
     dataset: str = "ntu60"
     flops: bool = True
-    baseline_impl: str | None = None
+    baseline_impl: str | None = None  # deprecated spelling: "reference" = baseline "eager"
+    baseline: str | None = None  # None, "eager" or "official" (skel benchmark --baseline)
+    official_src: str | None = None  # root of a maoyunyao/MAMP checkout, for baseline "official"
     end_to_end: Path | None = None
     prepare: Path | None = None
     seed: int = 0

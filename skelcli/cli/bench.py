@@ -25,7 +25,9 @@ def benchmark(
     preset: str = typer.Option("paper", "--preset", help="paper (paper-size models) or small (quick CPU run)."),
     dataset: str = typer.Option("ntu60", "--dataset", help="Dataset whose per-dataset recipe values to use (decoder depth, tau)."),
     no_flops: bool = typer.Option(False, "--no-flops", help="Skip the FLOP counts."),
-    baseline_impl: Optional[str] = typer.Option(None, "--baseline-impl", help="'reference': also time a straightforward fp32 eager MAMP."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Also time a MAMP baseline step on the same device and batch: 'eager' (our straightforward fp32 eager MAMP) or 'official' (the maoyunyao/MAMP model imported from --official-src)."),
+    official_src: Optional[Path] = typer.Option(None, "--official-src", help="Root of a maoyunyao/MAMP checkout (with --baseline official); its model_mamp/transformer.py is imported, nothing is copied."),
+    baseline_impl: Optional[str] = typer.Option(None, "--baseline-impl", hidden=True, help="Deprecated: 'reference' = --baseline eager."),
     end_to_end: Optional[Path] = typer.Option(None, "--end-to-end", help="Prepared DATA.h5: time the real loader + augmentation too."),
     prepare: Optional[Path] = typer.Option(None, "--prepare", help="Raw NTU .skeleton folder: time raw parsing (MB/s, files/s)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the versioned JSON report here."),
@@ -38,7 +40,10 @@ def benchmark(
         skel benchmark --measure-throughput --methods mae,mamp,gfp,slim --device cuda --precision bf16 --json bench.json
 
         skel benchmark --measure-throughput --preset small --repeats 1 --warmup 0 --methods mae,mamp
+
+        skel benchmark --measure-throughput --methods mamp --baseline official --official-src ~/src/MAMP
     """
+    from skelcli.cli._app import err_console
     from skelcli.errors import SkelError
 
     if not (measure_throughput or end_to_end or prepare):
@@ -54,15 +59,23 @@ def benchmark(
     names = [m.strip() for m in methods.split(",") if m.strip()] if measure_throughput else []
     if measure_throughput and not names:
         raise SkelError("--methods is empty")
+    baseline = _resolve_baseline(baseline, baseline_impl, official_src, err_console)
 
     from skelcli.bench.report import plot, render, run_benchmark, write_json
     from skelcli.bench.throughput import BenchConfig
 
+    extra: dict = {}
+    if baseline == "eager":
+        extra["baseline_impl"] = "reference"  # the report's eager-baseline branch
+    elif baseline == "official":
+        import dataclasses
+
+        if "official_src" not in {f.name for f in dataclasses.fields(BenchConfig)}:
+            raise SkelError("--baseline official: this build's benchmark report does not support it yet (BenchConfig has no official_src)")
+        extra.update(baseline="official", official_src=str(official_src.expanduser().resolve()))
     cfg = BenchConfig(methods=names, device=device, batch_size=batch_size, inference_batch_size=inference_batch_size,
                       precision=precision, compile=compile, repeats=repeats, warmup=warmup, iters=iters, preset=preset,
-                      dataset=dataset, flops=not no_flops, baseline_impl=baseline_impl, end_to_end=end_to_end,
-                      prepare=prepare)
-    from skelcli.cli._app import err_console
+                      dataset=dataset, flops=not no_flops, end_to_end=end_to_end, prepare=prepare, **extra)
 
     with console.status("benchmarking") as status:
 
@@ -79,3 +92,26 @@ def benchmark(
     if plot_out is not None:
         plot(report, plot_out)
         console.print(f"wrote {plot_out}", markup=False)
+
+
+def _resolve_baseline(baseline: str | None, baseline_impl: str | None, official_src: Path | None, err_console) -> str | None:
+    """--baseline eager|official (and the deprecated --baseline-impl reference) -> None, 'eager' or 'official';
+    a one-line SkelError for a bad combination, raised before anything is measured."""
+    from skelcli.errors import SkelError
+
+    if baseline_impl is not None:
+        if baseline_impl != "reference":
+            raise SkelError(f"unknown --baseline-impl {baseline_impl!r}; use --baseline eager or --baseline official")
+        if baseline not in (None, "eager"):
+            raise SkelError("--baseline-impl reference (deprecated) means --baseline eager; pass only --baseline")
+        err_console.print("note: --baseline-impl reference is deprecated; use --baseline eager", highlight=False)
+        baseline = "eager"
+    if baseline is not None and baseline not in ("eager", "official"):
+        raise SkelError(f"unknown --baseline {baseline!r}; use eager or official")
+    if baseline == "official":
+        from skelcli.bench.official import load_official_mamp
+
+        load_official_mamp(official_src)  # a missing file or an import error surfaces now, before any measurement
+    elif official_src is not None:
+        raise SkelError("--official-src is only used with --baseline official")
+    return baseline

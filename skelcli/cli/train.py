@@ -22,6 +22,10 @@ def pretrain_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (optim.epochs)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size (data.batch_size)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (runtime.device)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="auto (fp32 on CPU, the method's recipe on CUDA) | fp32 | bf16 autocast (runtime.precision)."
+    ),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the training step (runtime.compile)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (runtime.seed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<method>-<split>)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest valid checkpoint in --out) or a checkpoint path."),
@@ -68,7 +72,7 @@ def pretrain_cmd(
 
     settings = resolve_pretrain_settings(
         method, preset, None, config, overrides, data, split, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
-        stop_on_collapse=True if stop_on_collapse else None,
+        precision=precision, compile=True if compile_model else None, stop_on_collapse=True if stop_on_collapse else None,
     )
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         if "pretrain" not in sys.argv[1:]:
