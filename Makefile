@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/skel benchmark --measure-throughput --json docs/bench_cpu.json
+
+# The GPU acceptance run (docs/benchmarks.md, "When you have a GPU"): exits 3 on a machine without CUDA.
+gpu-check: $(STAMP)
+	$(BIN)/skel gpu-check --out gpu_check
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -5,15 +5,19 @@ Measures
      3-axis rotation) on a batch of 128 NTU-like clips (40-300 frames): ms per batch, median over
      repeats; the same for ``test_view``.
   2. ``ClipLoader`` batches/s over a prepared HDF5 file of synthetic NTU-like clips, read into memory
-     and read lazily per batch (memory budget forced to ~0), with the prefetch thread on.
+     and read lazily per batch (memory budget forced to ~0), with the prefetch thread on; the lazy
+     path again with each ``--workers`` count of reader processes, and (``--shared-cache``) the
+     memory-mapped decompressed cache that DDP ranks of a machine share (its build time included).
 
 Usage:
   OMP_NUM_THREADS=1 python examples/bench_loader.py [--clips 2000] [--batch 128] [--repeats 30] [--device cpu]
+      [--workers 0 2 4] [--shared-cache] [--skip-transforms]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -70,8 +74,8 @@ def time_transforms(batch_size: int, repeats: int, device: torch.device) -> dict
     return out
 
 
-def time_loader(ds: ClipDataset, batch_size: int, device: torch.device, epochs: int = 2) -> dict[str, float]:
-    loader = ClipLoader(ds, batch_size, shuffle=True, drop_last=True, seed=0, device=device, prefetch=2)
+def time_loader(ds: ClipDataset, batch_size: int, device: torch.device, epochs: int = 2, workers: int = 0) -> dict[str, float]:
+    loader = ClipLoader(ds, batch_size, shuffle=True, drop_last=True, seed=0, device=device, prefetch=2, num_workers=workers)
     t0 = time.perf_counter()
     batches = 0
     wait = prepare = 0.0
@@ -82,7 +86,9 @@ def time_loader(ds: ClipDataset, batch_size: int, device: torch.device, epochs: 
         wait += loader.stats.wait_s
         prepare += loader.stats.prepare_s
     elapsed = time.perf_counter() - t0
-    return {"batches_per_s": batches / elapsed, "ms_per_batch": 1e3 * elapsed / batches, "prepare_ms": 1e3 * prepare / batches}
+    loader.close()
+    return {"batches_per_s": batches / elapsed, "clips_per_s": batches * batch_size / elapsed,
+            "ms_per_batch": 1e3 * elapsed / batches, "prepare_ms": 1e3 * prepare / batches}
 
 
 def write_h5(path: Path, frames: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
@@ -106,15 +112,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, nargs="*", default=[0], help="reader processes for the lazy path (each count timed)")
+    parser.add_argument("--shared-cache", action="store_true", help="also time the memory-mapped decompressed cache")
+    parser.add_argument("--skip-transforms", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
-
-    t = time_transforms(args.batch, args.repeats, device)
-    print(f"train_view, {args.batch} clips of 40-300 frames -> 120 frames + rotation: {t['train_view']:.2f} ms/batch wall, "
-          f"{t['train_view_cpu']:.2f} ms CPU (median of {args.repeats})")
-    print(f"test_view,  {args.batch} clips: {t['test_view']:.2f} ms/batch wall, {t['test_view_cpu']:.2f} ms CPU")
-
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
+          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if not args.skip_transforms:
+        report_transforms(args, device)
     frames, offsets, labels = ntu_like(args.clips, seed=2)
     mem = time_loader(ClipDataset(frames, offsets, labels), args.batch, device)
     print(f"loader, arrays in memory: {mem['batches_per_s']:.1f} batches/s ({mem['ms_per_batch']:.2f} ms/batch, padding {mem['prepare_ms']:.2f} ms)")
@@ -122,13 +128,25 @@ def main() -> None:
         path = Path(tmp) / "bench.h5"
         write_h5(path, frames, offsets, labels)
         size_mb = path.stat().st_size / 1e6
-        for label_, budget in (("HDF5 in memory", 8.0), ("HDF5 lazy", 1e-9)):
+        runs = [("HDF5 in memory", dict(memory_budget_gb=8.0), 0)]
+        runs += [(f"HDF5 lazy, {w} workers", dict(memory_budget_gb=1e-9), w) for w in args.workers]
+        if args.shared_cache:
+            runs += [(f"HDF5 shared mmap cache, {w} workers", dict(shared_cache=Path(tmp) / "cache"), w) for w in args.workers]
+        for label_, kw, workers in runs:
             t0 = time.perf_counter()
-            ds = ClipDataset.from_store(path, "xsub", "train", memory_budget_gb=budget)
+            ds = ClipDataset.from_store(path, "xsub", "train", **kw)
             load_s = time.perf_counter() - t0
-            r = time_loader(ds, args.batch, device)
-            print(f"loader, {label_} ({size_mb:.0f} MB file, {len(ds)} clips, open {load_s:.2f} s, in_memory={ds.in_memory}): "
-                  f"{r['batches_per_s']:.1f} batches/s ({r['ms_per_batch']:.2f} ms/batch)")
+            r = time_loader(ds, args.batch, device, workers=workers)
+            print(f"loader, {label_} ({size_mb:.0f} MB file, {len(ds)} clips, open {load_s:.2f} s{' incl. cache build' if label_.startswith('HDF5 shared') and workers == args.workers[0] else ''}, in_memory={ds.in_memory}): "
+                  f"{r['batches_per_s']:.1f} batches/s, {r['clips_per_s']:.0f} clips/s ({r['ms_per_batch']:.2f} ms/batch)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def report_transforms(args, device: torch.device) -> None:
+    t = time_transforms(args.batch, args.repeats, device)
+    print(f"train_view, {args.batch} clips of 40-300 frames -> 120 frames + rotation: {t['train_view']:.2f} ms/batch wall, "
+          f"{t['train_view_cpu']:.2f} ms CPU (median of {args.repeats})")
+    print(f"test_view,  {args.batch} clips: {t['test_view']:.2f} ms/batch wall, {t['test_view_cpu']:.2f} ms CPU")
 
 
 if __name__ == "__main__":

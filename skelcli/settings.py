@@ -48,6 +48,13 @@ class DataSettings(StrictModel):
     rotation: float = Field(0.3, ge=0, description="max |angle| in radians of the random 3-axis rotation")
     test_crop: float = Field(0.95, gt=0, le=1)
     memory_budget_gb: float = Field(8.0, gt=0, description="read lazily per worker above this size")
+    num_workers: int = Field(
+        0, ge=0, description="reader processes per training process, each with its own HDF5 handle (0: one prefetch thread)"
+    )
+    shared_cache: bool = Field(
+        False, description="map a decompressed copy of the split (written once) instead of reading it: the DDP ranks of a machine share one copy"
+    )
+    cache_dir: Path | None = Field(None, description="folder of the shared cache (default: next to the prepared file)")
     limit: int | None = Field(None, ge=1, description="use only the first N training clips (debugging)")
 
 
@@ -63,6 +70,10 @@ class RuntimeSettings(StrictModel):
         "auto", description="auto = fp32 on CPU, the method's recipe precision on CUDA (engine.dist.resolve_precision); fp32; bf16 autocast"
     )
     compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "cudagraphs"] = Field(
+        "inductor", description="torch.compile backend: inductor (generated kernels); aot_eager (graph capture and AOTAutograd "
+        "without code generation: to tell a tracing failure from a kernel one); cudagraphs"
+    )
     seed: int = 0
     checkpoint_every: int = Field(20, ge=1, description="numbered checkpoint every N epochs (last.pt every epoch)")
     log_every: int = Field(10, ge=1, description="write a metrics line every N steps")

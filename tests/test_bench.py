@@ -101,6 +101,30 @@ def test_timer_never_synchronises_on_cpu(monkeypatch):
     assert "sync" not in events and events.count("clock") == 4
 
 
+def test_round_robin_times_window_r_of_every_task_before_window_r_plus_1():
+    """Issue 15 item 5: windows interleave, warm-up stays right before a task's first window, a task
+    that raises leaves the rotation (its error kept) while the others finish all windows."""
+    from skelcli.bench.throughput import Task, run_round_robin
+
+    events: list[str] = []
+
+    def step(name: str):
+        def run() -> None:
+            events.append(name)
+            if name == "c" and events.count("c") == 3:
+                raise RuntimeError("c broke")
+        return run
+
+    tasks = [Task("a", step("a"), iters=2, warmup=1), Task("b", step("b"), iters=1, warmup=0), Task("c", step("c"), iters=1, warmup=1)]
+    run_round_robin(tasks, 3, timer=StepTimer("cpu", clock=FakeClock(events)), memory=False)
+    steps = [e for e in events if e != "clock"]
+    # window 1: a (1 warm-up + 2), b, c (1 warm-up + 1); window 2: a a, b, c; window 3: a a, b (c is out)
+    assert steps == ["a", "a", "a", "b", "c", "c", "a", "a", "b", "c", "a", "a", "b"]
+    a, b, c = tasks
+    assert a.timing.ms == [500.0] * 3 and b.timing.ms == [1000.0] * 3  # one fake tick per window
+    assert len(c.timing.ms) == 1 and isinstance(c.error, RuntimeError) and a.error is None
+
+
 def test_timing_median_and_iqr():
     t = Timing([10.0, 30.0, 20.0, 40.0, 50.0])
     assert t.median_ms == 30.0
@@ -125,7 +149,12 @@ def test_ratios_and_verdicts_from_measured_numbers():
                 "flops": {"inference_g": 28.1, "train_forward_by_module_g": {"encoder": 1.961}}},
     }
     by_key = {r["key"]: r for r in compute_ratios(methods)}
-    assert all(set(r) == set(RATIO_KEYS) for r in by_key.values())
+    assert all(tuple(r) == RATIO_KEYS for r in by_key.values())
+    assert by_key["gfp_vs_mamp_training"]["wall_clock_windows"] is None  # no windows given
+    methods["gfp"]["train"].update(batch_size=4, ms_per_step={"repeats_ms": [10.0, 20.0, 10.0]})
+    methods["mamp"]["train"].update(batch_size=4, ms_per_step={"repeats_ms": [60.0, 100.0, 70.0]})
+    win = {r["key"]: r for r in compute_ratios(methods)}["gfp_vs_mamp_training"]
+    assert win["wall_clock_windows"] == pytest.approx([6.0, 5.0, 7.0]) and win["wall_clock_range"] == pytest.approx([5.0, 7.0])
     gfp = by_key["gfp_vs_mamp_training"]
     assert gfp["wall_clock"] == pytest.approx(6.2) and gfp["flops"] == pytest.approx(12.5 / 4.0)
     assert gfp["verdict"].startswith("reproduced")
@@ -170,6 +199,11 @@ def test_cli_tiny_benchmark_writes_the_versioned_json(tmp_path):
         assert m["flops"]["train_forward_by_module_g"]["encoder"] > 0
         assert m["flops"]["train_forward_by_module_g"]["decoder"] > 0
         assert m["flops"]["train_step_g"] > m["flops"]["train_forward_g"]  # backward counted too
+    # MAE and MAMP share one downstream encoder shape: measured once, for mae, and said so for mamp
+    assert rep["methods"]["mae"]["inference"]["shared_with"] is None
+    assert rep["methods"]["mamp"]["inference"]["shared_with"] == "mae"
+    assert rep["methods"]["mamp"]["inference"]["throughput"] == rep["methods"]["mae"]["inference"]["throughput"]
+    assert "as mae" in res.output
     assert [r["key"] for r in rep["ratios"]] == ["gfp_vs_mamp_training", "slim_vs_mamp_inference",
                                                   "mae_inference_vs_pretrain_encoder"]
     man = rep["manifest"]
@@ -187,7 +221,7 @@ def test_every_json_key_is_documented():
     keys = set(TOP_KEYS) | set(METHOD_KEYS) | set(RATIO_KEYS) | set(manifest(cfg, torch.device("cpu")))
     keys |= {"median_ms", "iqr_ms", "repeats_ms", "samples_per_s", "peak_memory_mb", "ms_per_step", "latency_batch1",
              "throughput", "masked_encoder", "train_forward_g", "train_forward_by_module_g", "train_step_g", "inference_g",
-             "paper_g", "ours_over_reference", "projected_hours", "data_wait_fraction", "mb_per_s", "files_per_s"}
+             "paper_g", "ours_over_reference", "shared_with", "ratio_windows", "projected_hours", "data_wait_fraction", "mb_per_s", "files_per_s"}
     missing = sorted(k for k in keys if k not in documented)
     assert not missing, f"undocumented JSON keys: {missing}"
 

@@ -172,7 +172,17 @@ def measure_official(cfg, device: torch.device, src: Path | str, encoder_cfg, de
     ``cfg.iters`` steps. Raises SkelError when the first step's loss is not finite (the official
     engine stops there too).
     """
-    from skelcli.bench.throughput import PeakMemory, StepTimer
+    from skelcli.bench.throughput import run_round_robin
+
+    task = official_task(cfg, device, src, encoder_cfg, decoder_depth, tau, mask_ratio, motion_stride=motion_stride,
+                         decoder_dim=decoder_dim, norm_target=norm_target)
+    return official_result(run_round_robin([task], cfg.repeats, device)[0])
+
+
+def official_task(cfg, device: torch.device, src: str | Path, encoder_cfg, decoder_depth: int, tau: float,
+                  mask_ratio: float, *, motion_stride: int = 1, decoder_dim: int | None = None, norm_target: bool = True):
+    """The official training step as a :class:`skelcli.bench.throughput.Task` (see :func:`measure_official`)."""
+    from skelcli.bench.throughput import Task
     from skelcli.engine.dist import autocast_context
 
     root = check_official_src(src)
@@ -200,16 +210,23 @@ def measure_official(cfg, device: torch.device, src: Path | str, encoder_cfg, de
         if not losses:
             losses.append(loss.detach())  # read after the timing: no extra sync inside it
 
-    with PeakMemory(device) as mem:
-        timing = StepTimer(device).measure(step, iters=cfg.iters, warmup=cfg.warmup, repeats=cfg.repeats)
+    info = {"impl": f"official MAMP (maoyunyao/MAMP {MODEL_FILE.as_posix()} {MODEL_CLASS}, eager, {cfg.precision})",
+            "decoder_depth": decoder_depth, "batch_size": cfg.batch_size, "src": str(root), "src_commit": _git_commit(root),
+            "model_args": args, "mask_ratio": mask_ratio, "motion_stride": motion_stride, "tau": tau, "_losses": losses}
+    return Task("baseline", step, cfg.iters, cfg.warmup, info=info)
+
+
+def official_result(task) -> dict[str, Any]:
+    """The report entry of a timed :func:`official_task`; a non-finite first loss is a SkelError."""
+    from skelcli.bench.throughput import baseline_result
+
+    out = baseline_result(task)
+    losses = out.pop("_losses")
     first_loss = float(losses[0].float().item())
     if not math.isfinite(first_loss):
-        raise SkelError(f"official MAMP ({root}): the first training step's loss is {first_loss}")
-    return {"impl": f"official MAMP (maoyunyao/MAMP {MODEL_FILE.as_posix()} {MODEL_CLASS}, eager, {cfg.precision})",
-            "decoder_depth": decoder_depth, "batch_size": cfg.batch_size, "ms_per_step": timing.as_dict(),
-            "samples_per_s": cfg.batch_size * 1000.0 / timing.median_ms, "peak_memory_mb": mem.mb,
-            "src": str(root), "src_commit": _git_commit(root), "model_args": args, "mask_ratio": mask_ratio,
-            "motion_stride": motion_stride, "tau": tau, "first_loss": first_loss}
+        raise SkelError(f"official MAMP ({out['src']}): the first training step's loss is {first_loss}")
+    out["first_loss"] = first_loss
+    return out
 
 
 def verdict_line(ours_samples_per_s: float | None, official: dict[str, Any]) -> str:

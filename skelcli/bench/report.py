@@ -21,14 +21,19 @@ import torch
 from skelcli.bench.flops import CONVENTION, PERSONS_PER_SAMPLE
 from skelcli.bench.throughput import (
     BenchConfig,
+    baseline_result,
     build_method,
+    inference_key,
+    inference_result,
+    inference_tasks,
     manifest,
     measure_flops,
-    measure_inference,
-    measure_reference,
-    measure_training,
     method_registry,
+    reference_task,
     resolve_device,
+    run_round_robin,
+    training_result,
+    training_task,
 )
 from skelcli.errors import SkelError
 
@@ -36,7 +41,8 @@ SCHEMA = "skelcli.benchmark"
 SCHEMA_VERSION = 1
 TOP_KEYS = ("schema", "schema_version", "manifest", "conventions", "methods", "ratios", "baseline", "end_to_end", "prepare")
 METHOD_KEYS = ("status", "note", "params", "encoder_params", "input_frames", "tokens", "train", "inference", "flops")
-RATIO_KEYS = ("key", "title", "numerator", "denominator", "paper", "claim", "wall_clock", "flops", "verdict")
+RATIO_KEYS = ("key", "title", "numerator", "denominator", "paper", "claim", "wall_clock", "wall_clock_windows",
+              "wall_clock_range", "flops", "verdict")
 
 #: the three claims checked in one run: (key, title, numerator method, denominator method, paper, claim kind)
 CLAIMS = (
@@ -71,28 +77,55 @@ def _div(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _window_ratios(num_ms: list[float] | None, den_ms: list[float] | None, num_batch: int = 1, den_batch: int = 1) -> list[float] | None:
+    """Per-window throughput ratios (num_batch / num_ms[r]) / (den_batch / den_ms[r]) of two tasks
+    timed round-robin (window r of both measured back to back); None without both."""
+    if not num_ms or not den_ms or len(num_ms) != len(den_ms):
+        return None
+    return [num_batch * d / (den_batch * n) for n, d in zip(num_ms, den_ms) if n > 0]
+
+
 def compute_ratios(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The paper ratios from results measured in this run (spec/ecosystem.md 6.4 point 5)."""
+    """The paper ratios from results measured in this run (spec/ecosystem.md 6.4 point 5).
+
+    ``wall_clock`` is the ratio of the median throughputs; ``wall_clock_windows`` the ratio in each
+    round-robin window and ``wall_clock_range`` their [min, max], the spread a noisy machine puts on it.
+    """
     out = []
     for key, title, num, den, paper, kind in CLAIMS:
         a, b = methods.get(num, {}), methods.get(den, {})
         if key == "gfp_vs_mamp_training":
             wall = _div(_get(a, "train", "samples_per_s"), _get(b, "train", "samples_per_s"))
+            windows = _window_ratios(_get(a, "train", "ms_per_step", "repeats_ms"), _get(b, "train", "ms_per_step", "repeats_ms"),
+                                     _get(a, "train", "batch_size") or 1, _get(b, "train", "batch_size") or 1)
             flops = _div(_get(b, "flops", "train_forward_g"), _get(a, "flops", "train_forward_g"))
         elif key == "slim_vs_mamp_inference":
             wall = _div(_get(a, "inference", "throughput", "samples_per_s"), _get(b, "inference", "throughput", "samples_per_s"))
+            windows = _window_ratios(_get(a, "inference", "throughput", "ms_per_batch", "repeats_ms"),
+                                     _get(b, "inference", "throughput", "ms_per_batch", "repeats_ms"))
             flops = _div(_get(b, "flops", "inference_g"), _get(a, "flops", "inference_g"))
         else:
             wall = _div(_get(a, "inference", "masked_encoder", "samples_per_s"), _get(a, "inference", "throughput", "samples_per_s"))
+            windows = _window_ratios(_get(a, "inference", "masked_encoder", "ms_per_batch", "repeats_ms"),
+                                     _get(a, "inference", "throughput", "ms_per_batch", "repeats_ms"))
             flops = _div(_get(a, "flops", "inference_g"), _get(a, "flops", "train_forward_by_module_g", "encoder"))
         measured = wall if kind == "wall_clock" else flops
         out.append({"key": key, "title": title, "numerator": num, "denominator": den, "paper": paper, "claim": kind,
-                    "wall_clock": wall, "flops": flops, "verdict": verdict(measured, paper, kind)})
+                    "wall_clock": wall, "wall_clock_windows": windows,
+                    "wall_clock_range": [min(windows), max(windows)] if windows else None,
+                    "flops": flops, "verdict": verdict(measured, paper, kind)})
     return out
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Measure everything ``cfg`` asks for and return the versioned report dict."""
+    """Measure everything ``cfg`` asks for and return the versioned report dict.
+
+    Every method is built (and its FLOPs counted) first; then the training steps of all methods and
+    of the baseline are timed round-robin (:func:`~skelcli.bench.throughput.run_round_robin`), then
+    the inference passes, one measurement per distinct downstream encoder
+    (:func:`~skelcli.bench.throughput.inference_key`; ``inference.shared_with`` names the method whose
+    measurement another one reuses).
+    """
     from skelcli.models.encoder import count_parameters
 
     device = resolve_device(cfg.device)
@@ -101,11 +134,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
     _, registered = method_registry()
     methods: dict[str, dict[str, Any]] = {}
     built: dict[str, Any] = {}
+    train_tasks: dict[str, Any] = {}
     for name in cfg.methods:
         entry: dict[str, Any] = {k: None for k in METHOD_KEYS}
+        methods[name] = entry
         if name not in registered:
             entry.update(status="skipped", note=f"method {name!r} is not registered in this build (available: {', '.join(registered)})")
-            methods[name] = entry
             log(f"[yellow]skip[/] {name}: not registered")
             continue
         try:
@@ -117,48 +151,81 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
             if cfg.flops:
                 log(f"{name}: counting FLOPs")
                 entry["flops"] = measure_flops(method, device)
-            log(f"{name}: timing the training step (batch {cfg.batch_size})")
-            entry["train"] = measure_training(method, settings, cfg, device)
-            log(f"{name}: timing inference")
-            entry["inference"] = measure_inference(method, cfg, device)
+            train_tasks[name] = training_task(method, settings, cfg, device, key=name)
             built[name] = method
         except SkelError:
             raise
         except Exception as exc:  # one broken method must not sink the others' numbers
-            entry.update(status="failed", note=f"{type(exc).__name__}: {exc}")
-            log(f"[red]fail[/] {name}: {type(exc).__name__}: {exc}")
-        methods[name] = entry
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            _fail(entry, exc, name, log)
 
-    baseline = None
+    baseline_task = None
+    mamp = built.get("mamp")
+    s = mamp.settings if mamp is not None else None
     if cfg.baseline_impl == "reference" or cfg.baseline == "eager":
-        mamp = built.get("mamp")
-        depth = mamp.settings.decoder.depth if mamp is not None else 3
-        tau = mamp.settings.tau if mamp is not None else 0.80
         from skelcli.models.encoder import EncoderConfig
 
-        enc_cfg = mamp.settings.encoder if mamp is not None else EncoderConfig()
-        log("reference: timing the straightforward fp32 eager MAMP step")
-        baseline = measure_reference(cfg, device, depth, tau, enc_cfg)
-        ours = _get(methods.get("mamp"), "train", "samples_per_s")
-        baseline["ours_over_reference"] = _div(ours, baseline["samples_per_s"])
+        baseline_task = reference_task(cfg, device, s.decoder.depth if s else 3, s.tau if s else 0.80,
+                                       s.encoder if s else EncoderConfig())
     elif cfg.baseline == "official":
-        from skelcli.bench.official import measure_official, verdict_line
+        from skelcli.bench.official import official_task
         from skelcli.models.encoder import EncoderConfig
 
-        mamp = built.get("mamp")
-        s = mamp.settings if mamp is not None else None
-        log(f"official: timing the maoyunyao/MAMP training step from {cfg.official_src}")
-        baseline = measure_official(cfg, device, cfg.official_src, s.encoder if s else EncoderConfig(),
-                                    s.decoder.depth if s else 3, s.tau if s else 0.80, s.mask_ratio if s else 0.9,
-                                    motion_stride=s.motion_stride if s else 1, decoder_dim=s.decoder.dim if s else None,
-                                    norm_target=s.norm_target if s else True)
-        ours = _get(methods.get("mamp"), "train", "samples_per_s")
-        baseline["ours_over_official"] = _div(ours, baseline["samples_per_s"])
-        baseline["verdict"] = verdict_line(ours, baseline)
+        baseline_task = official_task(cfg, device, cfg.official_src, s.encoder if s else EncoderConfig(),
+                                      s.decoder.depth if s else 3, s.tau if s else 0.80, s.mask_ratio if s else 0.9,
+                                      motion_stride=s.motion_stride if s else 1, decoder_dim=s.decoder.dim if s else None,
+                                      norm_target=s.norm_target if s else True)
     elif cfg.baseline_impl not in (None, ""):
         raise SkelError(f"unknown --baseline-impl {cfg.baseline_impl!r}; the only one is 'reference'")
+
+    tasks = list(train_tasks.values()) + ([baseline_task] if baseline_task is not None else [])
+    if tasks:
+        log(f"timing the training steps round-robin: {', '.join(t.key for t in tasks)} (batch {cfg.batch_size}, "
+            f"{cfg.repeats} windows of {cfg.iters} steps)")
+        run_round_robin(tasks, cfg.repeats, device, log=log)
+    for name, task in train_tasks.items():
+        if task.error is not None:
+            _fail(methods[name], task.error, name, log)
+            built.pop(name, None)
+        else:
+            methods[name]["train"] = training_result(task, cfg.batch_size)
+    del train_tasks, tasks
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    groups: dict[str, list[str]] = {}  # inference key -> methods, the first one measured
+    for name, method in built.items():
+        groups.setdefault(inference_key(method), []).append(name)
+    inf_tasks = {names[0]: inference_tasks(built[names[0]], cfg, device, prefix=f"{names[0]}:") for names in groups.values()}
+    if inf_tasks:
+        shared = [f"{', '.join(n)} share one" for n in groups.values() if len(n) > 1]
+        log(f"timing inference round-robin: {', '.join(inf_tasks)}" + (f" ({'; '.join(shared)})" if shared else ""))
+        run_round_robin([t for ts in inf_tasks.values() for t in ts], cfg.repeats, device, log=log)
+    for names in groups.values():
+        first = names[0]
+        try:
+            result = inference_result(built[first], inf_tasks[first], cfg)
+        except Exception as exc:
+            for name in names:
+                _fail(methods[name], exc, name, log)
+            continue
+        for name in names:
+            methods[name]["inference"] = dict(result, shared_with=None if name == first else first)
+            built[name].train()
+
+    baseline = None
+    if baseline_task is not None:
+        ours = _get(methods.get("mamp"), "train", "samples_per_s")
+        if cfg.baseline == "official":
+            from skelcli.bench.official import official_result, verdict_line
+
+            baseline = official_result(baseline_task)
+            baseline["ours_over_official"] = _div(ours, baseline["samples_per_s"])
+            baseline["verdict"] = verdict_line(ours, baseline)
+        else:
+            baseline = baseline_result(baseline_task)
+            baseline["ours_over_reference"] = _div(ours, baseline["samples_per_s"])
+        baseline["ratio_windows"] = _window_ratios(_get(methods.get("mamp"), "train", "ms_per_step", "repeats_ms"),
+                                                   baseline["ms_per_step"]["repeats_ms"], cfg.batch_size, cfg.batch_size)
 
     end_to_end = None
     if cfg.end_to_end is not None:
@@ -176,7 +243,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
         "schema_version": SCHEMA_VERSION,
         "manifest": manifest(cfg, device),
         "conventions": {"flops": CONVENTION, "persons_per_sample": PERSONS_PER_SAMPLE, "giga": 1e9,
-                        "macs": "MACs = FLOPs / 2", "timing": "median and IQR over repeats of ms per step",
+                        "macs": "MACs = FLOPs / 2", "timing": "median and IQR over repeats of ms per step; methods "
+                        "timed round-robin, ratios also per window (wall_clock_windows)",
                         "ratio_tolerance": TOLERANCE},
         "methods": methods,
         "ratios": compute_ratios(methods),
@@ -184,6 +252,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
         "end_to_end": end_to_end,
         "prepare": prepare,
     }
+
+
+def _fail(entry: dict[str, Any], exc: BaseException, name: str, log: Callable[[str], None]) -> None:
+    entry.update(status="failed", note=f"{type(exc).__name__}: {exc}", train=None, inference=None)
+    log(f"[red]fail[/] {name}: {type(exc).__name__}: {exc}")
 
 
 # ----------------------------------------------------------------------------- output
@@ -212,8 +285,9 @@ def _render_methods(report: dict[str, Any], methods: dict[str, Any], console) ->
                   _f(tr["ms_per_step"]["iqr_ms"], "{:.1f}"), _f(tr["samples_per_s"]), _f(tr["peak_memory_mb"], "{:.0f}"))
     console.print(t)
 
-    t = Table(title="Inference (downstream encoder, full clips, 2 persons/sample)")
-    for col in ("method", "frames", "tokens", "batch-1 ms", "batch", "samples/s", "masked enc samples/s"):
+    t = Table(title="Inference (downstream encoder, full clips, 2 persons/sample)",
+              caption="identical encoders are measured once: 'as <method>' reuses that method's numbers")
+    for col in ("method", "frames", "tokens", "batch-1 ms", "batch", "samples/s", "masked enc samples/s", "measured"):
         t.add_column(col, justify="right" if col != "method" else "left")
     for name, m in methods.items():
         if m["status"] != "ok":
@@ -221,7 +295,8 @@ def _render_methods(report: dict[str, Any], methods: dict[str, Any], console) ->
         inf = m["inference"]
         t.add_row(name, str(inf["input_frames"]), str(inf["tokens"]), _f(inf["latency_batch1"]["median_ms"], "{:.1f}"),
                   str(inf["throughput"]["batch_size"]), _f(inf["throughput"]["samples_per_s"]),
-                  _f(_get(inf, "masked_encoder", "samples_per_s")))
+                  _f(_get(inf, "masked_encoder", "samples_per_s")),
+                  f"as {inf['shared_with']}" if inf.get("shared_with") else "here")
     console.print(t)
 
     t = Table(title="GFLOPs per sample (measured | paper)", caption=report["conventions"]["flops"])
@@ -245,10 +320,12 @@ def _render_methods(report: dict[str, Any], methods: dict[str, Any], console) ->
     console.print(t)
 
     t = Table(title="Paper ratios, measured in this run")
-    for col in ("claim", "paper", "wall-clock", "FLOPs", "verdict"):
+    for col in ("claim", "paper", "wall-clock (window min-max)", "FLOPs", "verdict"):
         t.add_column(col)
     for r in report["ratios"]:
-        t.add_row(r["title"], f"{r['paper']}x", _f(r["wall_clock"], "{:.2f}x"), _f(r["flops"], "{:.2f}x"), r["verdict"])
+        spread = r.get("wall_clock_range")
+        wall = _f(r["wall_clock"], "{:.2f}x") + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread and len(r["wall_clock_windows"]) > 1 else "")
+        t.add_row(r["title"], f"{r['paper']}x", wall, _f(r["flops"], "{:.2f}x"), r["verdict"])
     console.print(t)
 
 

@@ -9,13 +9,17 @@
   latency and large-batch throughput. For masked-modeling methods also the pretraining encoder pass
   on the visible tokens only (74 of 750), for the 14.38x ratio.
 * Timing: warm-up steps, then ``repeats`` windows of ``iters`` steps; every clock read is preceded
-  by ``torch.cuda.synchronize()`` on CUDA (:class:`StepTimer`). Median and IQR over repeats.
+  by ``torch.cuda.synchronize()`` on CUDA (:class:`StepTimer`). Median and IQR over repeats. The
+  methods are timed **round-robin** (:func:`run_round_robin`: window 1 of every method, then window
+  2, ...), so a machine that drifts (thermal, other load) moves every method alike and each ratio can
+  be given per window, with its spread.
 * Peak memory: CUDA ``max_memory_allocated``; CPU the peak-RSS growth (``VmHWM`` of
   /proc/self/status after resetting it through /proc/self/clear_refs; else ``ru_maxrss`` growth).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -76,17 +80,74 @@ class StepTimer:
 
     def measure(self, step: Callable[[], object], *, iters: int, warmup: int, repeats: int) -> Timing:
         """Run ``warmup`` untimed steps, then ``repeats`` windows of ``iters`` steps each."""
-        if iters < 1 or repeats < 1:
-            raise SkelError("iters and repeats must be at least 1")
-        for _ in range(warmup):
-            step()
-        timing = Timing()
-        for _ in range(repeats):
-            start = self.now()
-            for _ in range(iters):
-                step()
-            timing.ms.append((self.now() - start) * 1000.0 / iters)
-        return timing
+        task = run_round_robin([Task("step", step, iters, warmup)], repeats, timer=self, memory=False)[0]
+        if task.error is not None:
+            raise task.error
+        return task.timing
+
+
+@dataclass
+class Task:
+    """One thing to time: ``step`` run ``iters`` times per window inside ``context()`` (e.g.
+    ``torch.inference_mode`` + autocast), after ``warmup`` untimed steps. After
+    :func:`run_round_robin`: ``timing`` (one entry per window), ``memory_mb`` (peak growth over the
+    warm-up and the first window) and ``error`` (the exception that stopped it, if any)."""
+
+    key: str
+    step: Callable[[], object]
+    iters: int
+    warmup: int = 0
+    context: Callable[[], Any] = contextlib.nullcontext
+    timing: Timing = field(default_factory=Timing)
+    memory_mb: float | None = None
+    memory_kind: str | None = None
+    error: BaseException | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # what the report says about it besides the timing
+
+
+def run_round_robin(tasks: list[Task], repeats: int, device: torch.device | str | None = None, *,
+                    timer: StepTimer | None = None, memory: bool = True,
+                    log: Callable[[str], None] = lambda s: None) -> list[Task]:
+    """Time ``tasks`` round-robin: window r of every task, then window r + 1, ...
+
+    A task's warm-up runs right before its first window, both under :class:`PeakMemory` (unless
+    ``memory`` is off), so that peak memory stays per task. A task whose step raises (out of memory,
+    a bug in one method) keeps the exception in ``task.error`` and leaves the rotation; the others
+    go on. ``timer`` defaults to a :class:`StepTimer` of ``device``. Returns ``tasks``.
+    """
+    if repeats < 1 or any(t.iters < 1 for t in tasks):
+        raise SkelError("iters and repeats must be at least 1")
+    timer = timer or StepTimer(device)
+    device = torch.device(device) if device is not None else None
+
+    def window(task: Task) -> None:
+        with task.context():
+            start = timer.now()
+            for _ in range(task.iters):
+                task.step()
+            task.timing.ms.append((timer.now() - start) * 1000.0 / task.iters)
+
+    for r in range(repeats):
+        for task in tasks:
+            if task.error is not None:
+                continue
+            try:
+                if r == 0:
+                    with PeakMemory(device) if memory and device is not None else contextlib.nullcontext() as mem:
+                        with task.context():
+                            for _ in range(task.warmup):
+                                task.step()
+                        window(task)
+                    if mem is not None:
+                        task.memory_mb, task.memory_kind = mem.mb, mem.kind
+                else:
+                    window(task)
+            except SkelError:
+                raise
+            except Exception as exc:
+                task.error = exc
+                log(f"[red]fail[/] {task.key}: {type(exc).__name__}: {exc}")
+    return tasks
 
 
 # ----------------------------------------------------------------------------- memory
@@ -196,7 +257,7 @@ def train_step_fn(method, optimizer, batch, device: torch.device, precision: str
     """The full training step as a closure: forward (incl. augmentation/masking), backward,
     AdamW step, ``after_step``. ``forward`` may be a compiled ``method``; ``batch`` is a ClipBatch
     or a zero-argument callable returning the batch to use (the end-to-end loader)."""
-    fwd = forward or method
+    fwd = forward if forward is not None else method  # not `or`: a compiled module has no truth value
     get_batch = batch if callable(batch) else (lambda: batch)
     counter = {"step": 0}
 
@@ -222,6 +283,7 @@ class BenchConfig:
     inference_batch_size: int | None = None  # None: 256 on CUDA, = batch_size on CPU
     precision: str = "fp32"
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (runtime.compile_backend)
     repeats: int = 3
     warmup: int = 2
     iters: int | None = None  # steps per timed window; None: 20 on CUDA, 1 on CPU
@@ -244,66 +306,109 @@ class BenchConfig:
 
 
 # ----------------------------------------------------------------------------- per method
-def measure_training(method, settings, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
-    """Model-only training throughput of one method (module docstring)."""
+def training_task(method, settings, cfg: BenchConfig, device: torch.device, key: str = "train") -> Task:
+    """The method's full training step (module docstring) on a synthetic batch, as a :class:`Task`."""
     optimizer = make_optimizer(method, settings)
     batch = synthetic_batch(cfg.batch_size, max(method.encoder.config.num_frames, 128), device, cfg.seed)
-    forward = torch.compile(method) if cfg.compile else None
+    forward = torch.compile(method, backend=cfg.compile_backend) if cfg.compile else None
     method.on_epoch_start(1)  # a steady-state epoch (after SLiM's first-epoch prototype freeze)
     step = train_step_fn(method, optimizer, batch, device, cfg.precision, forward)
     warmup = max(cfg.warmup, 1) if cfg.compile else cfg.warmup  # compilation never inside the timing
-    with PeakMemory(device) as mem:
-        timing = StepTimer(device).measure(step, iters=cfg.iters, warmup=warmup, repeats=cfg.repeats)
+    return Task(key, step, cfg.iters, warmup)
+
+
+def training_result(task: Task, batch_size: int) -> dict[str, Any]:
     return {
-        "batch_size": cfg.batch_size,
-        "ms_per_step": timing.as_dict(),
-        "samples_per_s": cfg.batch_size * 1000.0 / timing.median_ms,
-        "peak_memory_mb": mem.mb,
-        "peak_memory_kind": mem.kind,
+        "batch_size": batch_size,
+        "ms_per_step": task.timing.as_dict(),
+        "samples_per_s": batch_size * 1000.0 / task.timing.median_ms,
+        "peak_memory_mb": task.memory_mb,
+        "peak_memory_kind": task.memory_kind,
     }
 
 
-def measure_inference(method, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
+def measure_training(method, settings, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
+    """Model-only training throughput of one method (module docstring), timed on its own."""
+    task = training_task(method, settings, cfg, device)
+    run_round_robin([task], cfg.repeats, device)
+    if task.error is not None:
+        raise task.error
+    return training_result(task, cfg.batch_size)
+
+
+def inference_key(method) -> str:
+    """Methods with equal keys have identical downstream encoders (class and configuration; the
+    weights differ, the cost does not), so one inference measurement serves them all."""
+    encoder = method.downstream_encoder()
+    ratio = getattr(method.settings, "mask_ratio", None)
+    masked = ratio is not None and not encoder.config.mask_token
+    return f"{type(encoder).__name__}({encoder.config!r})|masked={ratio if masked else None}|{method.encoder.config!r}"
+
+
+def inference_tasks(method, cfg: BenchConfig, device: torch.device, prefix: str = "") -> list[Task]:
     """Downstream-encoder latency (batch 1) and throughput (large batch) on full clips; for
-    masked-modeling methods also the pretraining encoder pass on the visible tokens."""
+    masked-modeling methods also the pretraining encoder pass on the visible tokens. Keys
+    ``{prefix}latency``, ``{prefix}throughput``, ``{prefix}masked`` (see :func:`inference_result`)."""
     from skelcli.models.masking import keep_count
 
     encoder = method.downstream_encoder().eval()
     ecfg = encoder.config
-    fwd = torch.compile(encoder) if cfg.compile else encoder
+    fwd = torch.compile(encoder, backend=cfg.compile_backend) if cfg.compile else encoder
 
     def clips(n: int) -> torch.Tensor:  # (N*M, T, V, C), 2 persons per sample
         return torch.randn(n * 2, ecfg.num_frames, ecfg.num_joints, ecfg.in_chans, device=device)
 
-    def timed(fn: Callable[[], object], iters: int) -> Timing:
-        with torch.inference_mode(), autocast_context(device, cfg.precision):
-            return StepTimer(device).measure(fn, iters=iters, warmup=max(cfg.warmup, 1), repeats=cfg.repeats)
+    def context():
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast_context(device, cfg.precision))
+        return stack
 
-    x1 = clips(1)
-    lat = timed(lambda: fwd(x1), max(cfg.iters, 5 if device.type == "cpu" else 50))
-    xb = clips(cfg.inference_batch_size)
-    with PeakMemory(device) as mem:
-        thr = timed(lambda: fwd(xb), cfg.iters)
-    out: dict[str, Any] = {
-        "input_frames": ecfg.num_frames,
-        "tokens": ecfg.num_tokens,
-        "persons_per_sample": 2,
-        "latency_batch1": lat.as_dict(),
-        "throughput": {"batch_size": cfg.inference_batch_size, "ms_per_batch": thr.as_dict(),
-                       "samples_per_s": cfg.inference_batch_size * 1000.0 / thr.median_ms},
-        "peak_memory_mb": mem.mb,
-        "masked_encoder": None,
-    }
+    x1, xb = clips(1), clips(cfg.inference_batch_size)
+    warmup = max(cfg.warmup, 1)
+    tasks = [Task(f"{prefix}latency", lambda: fwd(x1), max(cfg.iters, 5 if device.type == "cpu" else 50), warmup, context),
+             Task(f"{prefix}throughput", lambda: fwd(xb), cfg.iters, warmup, context)]
     ratio = getattr(method.settings, "mask_ratio", None)
     if ratio is not None and not ecfg.mask_token:
         keep = keep_count(ecfg.num_tokens, ratio)
         ids = torch.stack([torch.randperm(ecfg.num_tokens, device=device)[:keep] for _ in range(xb.shape[0])])
         enc = method.encoder.eval()
-        masked = timed(lambda: enc.forward_features(xb, ids_keep=ids), cfg.iters)
-        out["masked_encoder"] = {"visible_tokens": keep, "ms_per_batch": masked.as_dict(),
-                                 "samples_per_s": cfg.inference_batch_size * 1000.0 / masked.median_ms}
+        tasks.append(Task(f"{prefix}masked", lambda: enc.forward_features(xb, ids_keep=ids), cfg.iters, warmup, context,
+                          info={"visible_tokens": keep}))
+    return tasks
+
+
+def inference_result(method, tasks: list[Task], cfg: BenchConfig) -> dict[str, Any]:
+    """The ``inference`` entry of the report from the timed :func:`inference_tasks`."""
+    by = {t.key.rsplit(":", 1)[-1]: t for t in tasks}
+    for t in tasks:
+        if t.error is not None:
+            raise t.error
+    ecfg = method.downstream_encoder().config
+    thr = by["throughput"]
+    out: dict[str, Any] = {
+        "input_frames": ecfg.num_frames,
+        "tokens": ecfg.num_tokens,
+        "persons_per_sample": 2,
+        "latency_batch1": by["latency"].timing.as_dict(),
+        "throughput": {"batch_size": cfg.inference_batch_size, "ms_per_batch": thr.timing.as_dict(),
+                       "samples_per_s": cfg.inference_batch_size * 1000.0 / thr.timing.median_ms},
+        "peak_memory_mb": thr.memory_mb,
+        "masked_encoder": None,
+        "shared_with": None,
+    }
+    if "masked" in by:
+        m = by["masked"]
+        out["masked_encoder"] = {"visible_tokens": m.info["visible_tokens"], "ms_per_batch": m.timing.as_dict(),
+                                 "samples_per_s": cfg.inference_batch_size * 1000.0 / m.timing.median_ms}
     method.train()
     return out
+
+
+def measure_inference(method, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
+    """Inference of one method (:func:`inference_tasks`), timed on its own."""
+    tasks = run_round_robin(inference_tasks(method, cfg, device), cfg.repeats, device)
+    return inference_result(method, tasks, cfg)
 
 
 def measure_flops(method, device: torch.device, samples: int = 2, fwd_bwd: bool = True) -> dict[str, Any]:
@@ -337,8 +442,7 @@ def measure_flops(method, device: torch.device, samples: int = 2, fwd_bwd: bool 
     return out
 
 
-def measure_reference(cfg: BenchConfig, device: torch.device, decoder_depth: int, tau: float,
-                      encoder_cfg) -> dict[str, Any]:
+def reference_task(cfg: BenchConfig, device: torch.device, decoder_depth: int, tau: float, encoder_cfg) -> Task:
     """The straightforward fp32 eager MAMP step (:mod:`skelcli.bench.reference`) on the same batch
     size: random (N, 3, T, 25, 2) clips, forward, backward, AdamW. No augmentation (the reference
     feeder does it on the CPU workers), so the comparison favours the reference slightly."""
@@ -355,11 +459,25 @@ def measure_reference(cfg: BenchConfig, device: torch.device, decoder_depth: int
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with PeakMemory(device) as mem:
-        timing = StepTimer(device).measure(step, iters=cfg.iters, warmup=cfg.warmup, repeats=cfg.repeats)
-    return {"impl": "reference fp32 eager (explicit softmax attention, Conv2d patch embedding)",
-            "decoder_depth": decoder_depth, "batch_size": cfg.batch_size, "ms_per_step": timing.as_dict(),
-            "samples_per_s": cfg.batch_size * 1000.0 / timing.median_ms, "peak_memory_mb": mem.mb}
+    return Task("baseline", step, cfg.iters, cfg.warmup,
+                info={"impl": "reference fp32 eager (explicit softmax attention, Conv2d patch embedding)",
+                      "decoder_depth": decoder_depth, "batch_size": cfg.batch_size})
+
+
+def baseline_result(task: Task) -> dict[str, Any]:
+    """A baseline's report entry: its ``info``, the timing, samples/s and peak memory."""
+    if task.error is not None:
+        raise task.error
+    batch = task.info["batch_size"]
+    return {**task.info, "ms_per_step": task.timing.as_dict(), "samples_per_s": batch * 1000.0 / task.timing.median_ms,
+            "peak_memory_mb": task.memory_mb}
+
+
+def measure_reference(cfg: BenchConfig, device: torch.device, decoder_depth: int, tau: float,
+                      encoder_cfg) -> dict[str, Any]:
+    """:func:`reference_task`, timed on its own."""
+    task = reference_task(cfg, device, decoder_depth, tau, encoder_cfg)
+    return baseline_result(run_round_robin([task], cfg.repeats, device)[0])
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -403,6 +521,7 @@ def manifest(cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
         "git_commit": git_commit(),
         "precision": cfg.precision,
         "compile": cfg.compile,
+        "compile_backend": cfg.compile_backend if cfg.compile else None,
         "batch_size": cfg.batch_size,
         "inference_batch_size": cfg.inference_batch_size,
         "threads": torch.get_num_threads(),

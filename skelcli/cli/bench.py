@@ -19,6 +19,7 @@ def benchmark(
     inference_batch_size: Optional[int] = typer.Option(None, "--inference-batch-size", min=1, help="Large-batch inference size (default 256 on CUDA, = --batch-size on CPU)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the method and encoder (compilation is not timed)."),
+    compile_backend: str = typer.Option("inductor", "--compile-backend", help="torch.compile backend with --compile: inductor, aot_eager or cudagraphs."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed windows; median and IQR over them."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed warm-up steps."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Steps per timed window (default 20 on CUDA, 1 on CPU)."),
@@ -52,6 +53,8 @@ def benchmark(
         raise SkelError(f"unknown preset {preset!r}; use paper or small")
     if precision not in ("fp32", "bf16"):
         raise SkelError(f"unknown precision {precision!r}; use fp32 or bf16")
+    if compile_backend not in ("inductor", "aot_eager", "cudagraphs"):
+        raise SkelError(f"unknown --compile-backend {compile_backend!r}; use inductor, aot_eager or cudagraphs")
     if end_to_end is not None and not end_to_end.is_file():
         raise SkelError(f"--end-to-end: no such file {end_to_end}")
     if prepare is not None and not prepare.is_dir():
@@ -74,7 +77,7 @@ def benchmark(
             raise SkelError("--baseline official: this build's benchmark report does not support it yet (BenchConfig has no official_src)")
         extra.update(baseline="official", official_src=str(official_src.expanduser().resolve()))
     cfg = BenchConfig(methods=names, device=device, batch_size=batch_size, inference_batch_size=inference_batch_size,
-                      precision=precision, compile=compile, repeats=repeats, warmup=warmup, iters=iters, preset=preset,
+                      precision=precision, compile=compile, compile_backend=compile_backend, repeats=repeats, warmup=warmup, iters=iters, preset=preset,
                       dataset=dataset, flops=not no_flops, end_to_end=end_to_end, prepare=prepare, **extra)
 
     with console.status("benchmarking") as status:
@@ -115,3 +118,31 @@ def _resolve_baseline(baseline: str | None, baseline_impl: str | None, official_
     elif official_src is not None:
         raise SkelError("--official-src is only used with --baseline official")
     return baseline
+
+
+@command("gpu-check")
+def gpu_check(
+    out: Path = typer.Option(Path("gpu_check"), "--out", help="Folder for report.json and report.md."),
+    cpu_quick: bool = typer.Option(False, "--cpu-quick", help="Run every step on the CPU at toy sizes (checks the pipeline, measures nothing of a GPU)."),
+    no_pytest: bool = typer.Option(False, "--no-pytest", help="Skip the `pytest -m cuda` step."),
+) -> None:
+    """The GPU acceptance run (`make gpu-check`): environment, `pytest -m cuda`, the benchmark in fp32 / bf16
+    with and without compile, the loader and end to end on an NTU60-sized synthetic file, a one-process
+    torchrun NCCL job; writes OUT/report.json and OUT/report.md. Exits 3 when there is no CUDA device.
+    """
+    from skelcli.bench.gpucheck import NO_CUDA_EXIT, NoCuda, run_gpu_check
+    from skelcli.cli._app import err_console, fail
+
+    def log(message: str) -> None:
+        err_console.print(message, highlight=False)
+
+    try:
+        report = run_gpu_check(out, cpu_quick=cpu_quick, pytest_cuda=not no_pytest, log=log)
+    except NoCuda as exc:
+        fail(str(exc), code=NO_CUDA_EXIT)
+    failed = [name for name, st in report["steps"].items() if st["status"] != "ok"]
+    console.print(f"gpu-check: {len(report['steps']) - len(failed)} of {len(report['steps'])} steps ok"
+                  + (f", failed: {', '.join(failed)}" if failed else "") + f"; wrote {out / 'report.json'} and {out / 'report.md'}",
+                  markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)

@@ -321,13 +321,14 @@ class _PretrainLoop:
         self.console, self.callbacks = console, callbacks
         self.device = device = ctx.device
         self.dataset = ClipDataset.from_store(
-            data_path, cfg.data.split, "train", limit=cfg.data.limit, memory_budget_gb=cfg.data.memory_budget_gb
+            data_path, cfg.data.split, "train", limit=cfg.data.limit, memory_budget_gb=cfg.data.memory_budget_gb,
+            shared_cache=(cfg.data.cache_dir or True) if cfg.data.shared_cache else False,
         )
         if len(self.dataset) < plan.global_batch:
             raise SkelError(f"split {cfg.data.split!r} has {len(self.dataset)} training clips, fewer than one batch of {cfg.data.batch_size}")
         self.loader = ClipLoader(
             self.dataset, plan.micro_batch, shuffle=True, drop_last=True, seed=cfg.runtime.seed, device=device, rank=ctx.rank,
-            world_size=ctx.world_size,
+            world_size=ctx.world_size, num_workers=cfg.data.num_workers,
         )
         # Full global batches only, the same count whatever the process count: global step s uses
         # perm[s*B:(s+1)*B] in every layout (the loader's padding for uneven shards is never reached).
@@ -375,7 +376,7 @@ class _PretrainLoop:
             )
             self.model_fn = self.ddp
         if cfg.runtime.compile:
-            self.model_fn = torch.compile(self.model_fn)
+            self.model_fn = torch.compile(self.model_fn, backend=cfg.runtime.compile_backend)
         self.watch = CollapseWatch(self.method.collapse_indicators(), cfg.runtime.collapse_thresholds,
                                    cfg.runtime.collapse_patience, cfg.method.name)
         self.collapse: str | None = None
