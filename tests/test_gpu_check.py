@@ -85,3 +85,17 @@ def test_synthetic_store_has_the_requested_splits_and_lengths(tmp_path):
     assert ds.lengths.min() >= 40 and ds.lengths.max() <= 300 and int(ds.lengths.sum()) <= info["frames"]
     clip = ds.clip(0).numpy()
     assert clip.shape[1:] == (2, 25, 3) and np.isfinite(clip).all() and np.abs(np.diff(clip, axis=0)).mean() < 0.05  # smooth
+
+
+def test_a_configuration_past_the_time_budget_is_skipped_and_reported():
+    import dataclasses
+    import time
+
+    from skelcli.bench.gpucheck import CPU_QUICK, _benchmarks, render_markdown
+
+    sizes = dataclasses.replace(CPU_QUICK, budget_s=0.0)
+    out = _benchmarks(sizes, torch.device("cpu"), lambda s: None, time.perf_counter() - 1.0)
+    assert set(out) == {"fp32", "bf16", "slim_recipe_batch"}
+    assert all(v["status"] == "skipped" and "time budget" in v["note"] for v in out.values())
+    md = render_markdown({"mode": "cpu-quick", "manifest": {}, "steps": {"benchmark": {"status": "ok", "seconds": 0, "result": out}}})
+    assert "| fp32 | skipped: time budget" in md
