@@ -100,6 +100,7 @@ class SampleDraws:
     def n_local(self) -> int:
         return int(self.positions.numel())
 
+    @torch.compiler.disable  # host-side seeding (sha256, a CPU Generator): kept out of torch.compile's graphs
     def uniform(self, stream: str, shape: tuple[int, ...] = ()) -> torch.Tensor:
         gen = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.step, stream))
         full = torch.rand((self.global_batch, *shape), dtype=torch.float64, generator=gen)
