@@ -87,7 +87,7 @@ def test_finetune_follows_the_mamp_recipe_fp32():
 def test_resolved_precision_in_console_setup_row_and_checkpoint(data_file, tmp_path):
     from skelcli.cli._app import app
     from skelcli.engine.checkpoint import load_checkpoint
-    from tests.test_pretrain_cli import TINY
+    from test_pretrain_cli import TINY
 
     out = tmp_path / "run"
     args = ["pretrain", "--method", "mamp", "--data", str(data_file), "--split", "xsub", "--preset", "small",
