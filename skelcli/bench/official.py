@@ -165,7 +165,7 @@ def measure_official(cfg, device: torch.device, src: Path | str, encoder_cfg, de
                      norm_target: bool = True) -> dict[str, Any]:
     """Time the official MAMP training step on ``device`` at ``cfg.batch_size``.
 
-    Same protocol as :func:`skelcli.bench.throughput.measure_reference`: smooth random clips
+    Same protocol as :func:`skelcli.bench.throughput.reference_task`: smooth random clips
     (N, 3, T, V, 2) (cumulative sums of small noise) already on the device, forward (the official
     model computes the motion target and the motion-aware mask itself), backward, AdamW step, under
     ``cfg.precision`` autocast like ours; ``cfg.warmup`` untimed steps, ``cfg.repeats`` windows of

@@ -327,15 +327,6 @@ def training_result(task: Task, batch_size: int) -> dict[str, Any]:
     }
 
 
-def measure_training(method, settings, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
-    """Model-only training throughput of one method (module docstring), timed on its own."""
-    task = training_task(method, settings, cfg, device)
-    run_round_robin([task], cfg.repeats, device)
-    if task.error is not None:
-        raise task.error
-    return training_result(task, cfg.batch_size)
-
-
 def inference_key(method) -> str:
     """Methods with equal keys have identical downstream encoders (class and configuration; the
     weights differ, the cost does not), so one inference measurement serves them all."""
@@ -405,12 +396,6 @@ def inference_result(method, tasks: list[Task], cfg: BenchConfig) -> dict[str, A
     return out
 
 
-def measure_inference(method, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
-    """Inference of one method (:func:`inference_tasks`), timed on its own."""
-    tasks = run_round_robin(inference_tasks(method, cfg, device), cfg.repeats, device)
-    return inference_result(method, tasks, cfg)
-
-
 def measure_flops(method, device: torch.device, samples: int = 2, fwd_bwd: bool = True) -> dict[str, Any]:
     """FLOPs per sample: the training forward by module, the training fwd+bwd total, inference."""
     from skelcli.bench.flops import PAPER_GFLOPS, count_flops
@@ -471,13 +456,6 @@ def baseline_result(task: Task) -> dict[str, Any]:
     batch = task.info["batch_size"]
     return {**task.info, "ms_per_step": task.timing.as_dict(), "samples_per_s": batch * 1000.0 / task.timing.median_ms,
             "peak_memory_mb": task.memory_mb}
-
-
-def measure_reference(cfg: BenchConfig, device: torch.device, decoder_depth: int, tau: float,
-                      encoder_cfg) -> dict[str, Any]:
-    """:func:`reference_task`, timed on its own."""
-    task = reference_task(cfg, device, decoder_depth, tau, encoder_cfg)
-    return baseline_result(run_round_robin([task], cfg.repeats, device)[0])
 
 
 # ----------------------------------------------------------------------------- manifest
