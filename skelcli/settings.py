@@ -60,6 +60,7 @@ class DataSettings(StrictModel):
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
+CompileBackend = Literal["inductor", "aot_eager", "cudagraphs"]
 
 
 class RuntimeSettings(StrictModel):
@@ -70,7 +71,7 @@ class RuntimeSettings(StrictModel):
         "auto", description="auto = fp32 on CPU, the method's recipe precision on CUDA (engine.dist.resolve_precision); fp32; bf16 autocast"
     )
     compile: bool = False
-    compile_backend: Literal["inductor", "aot_eager", "cudagraphs"] = Field(
+    compile_backend: CompileBackend = Field(
         "inductor", description="torch.compile backend: inductor (generated kernels); aot_eager (graph capture and AOTAutograd "
         "without code generation: to tell a tracing failure from a kernel one); cudagraphs"
     )

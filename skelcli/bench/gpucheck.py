@@ -261,20 +261,9 @@ class NoCuda(SkelError):
     """No CUDA device: ``skel gpu-check`` exits 3."""
 
 
-def _g(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(p)
-    return d
-
-
-def _n(x: Any, fmt: str = "{:.2f}") -> str:
-    return "-" if not isinstance(x, (int, float)) else fmt.format(x)
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     """The report's tables as Markdown (for docs/benchmarks.md, "when you have a GPU")."""
+    from skelcli.bench.report import _f as _n, _get as _g
     man, steps = report["manifest"], report["steps"]
     lines = [f"## gpu-check on {man.get('device')} ({report['mode']})", "",
              f"torch {man.get('torch')}, CUDA {man.get('cuda')}, {man.get('cpu_count')} CPUs, skelcli {man.get('package_version')} "

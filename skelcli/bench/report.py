@@ -210,7 +210,6 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
             continue
         for name in names:
             methods[name]["inference"] = dict(result, shared_with=None if name == first else first)
-            built[name].train()
 
     baseline = None
     if baseline_task is not None:

@@ -53,8 +53,12 @@ def benchmark(
         raise SkelError(f"unknown preset {preset!r}; use paper or small")
     if precision not in ("fp32", "bf16"):
         raise SkelError(f"unknown precision {precision!r}; use fp32 or bf16")
-    if compile_backend not in ("inductor", "aot_eager", "cudagraphs"):
-        raise SkelError(f"unknown --compile-backend {compile_backend!r}; use inductor, aot_eager or cudagraphs")
+    from typing import get_args
+
+    from skelcli.settings import CompileBackend
+
+    if compile_backend not in get_args(CompileBackend):
+        raise SkelError(f"unknown --compile-backend {compile_backend!r}; use {', '.join(get_args(CompileBackend))}")
     if end_to_end is not None and not end_to_end.is_file():
         raise SkelError(f"--end-to-end: no such file {end_to_end}")
     if prepare is not None and not prepare.is_dir():

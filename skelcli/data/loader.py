@@ -283,12 +283,6 @@ def _shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ shared decompressed cache
-def _fingerprint(path: Path) -> str:
-    from skelcli.eval.features import file_fingerprint  # resolved path, size, mtime_ns
-
-    return file_fingerprint(path)
-
-
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -309,8 +303,10 @@ def shared_frames_cache(path: str | Path, protocol: str, part: str, indices: np.
     path = Path(path)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    from skelcli.eval.features import file_fingerprint  # resolved path, size, mtime_ns
+
     indices = np.asarray(indices, dtype=np.int64)
-    key = hashlib.sha256(f"{_fingerprint(path)}|{hashlib.sha256(indices.tobytes()).hexdigest()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{file_fingerprint(path)}|{hashlib.sha256(indices.tobytes()).hexdigest()}".encode()).hexdigest()[:16]
     stem = f"{path.name}.{protocol}-{part}-{indices.size}"
     target = folder / f"{stem}.{key}.frames.npy"
     if _distributed():
@@ -388,10 +384,10 @@ class ClipLoader:
     shuffle: a new permutation per epoch (``set_epoch``); drop_last: drop this rank's final short
     batch; rank/world_size: DistributedSampler-style sharding; prefetch: batches prepared ahead by a
     background thread (0 = prepare in the calling thread); num_workers: worker processes that read and
-pad whole batches instead of the thread (0: none, today's path), ``prefetch`` batches each in flight,
-started by ``worker_context`` ("fork", "spawn", "forkserver"; None: the platform's default) for
-each pass; the batches are exactly those of num_workers=0. ``close()`` (or leaving a ``with``
-block) ends a running pass and its workers. After each yielded batch,
+    pad whole batches instead of the thread (0: none), ``prefetch`` batches each in flight, started by
+    ``worker_context`` ("fork", "spawn", "forkserver"; None: the platform's default) for each pass;
+    the batches are exactly those of num_workers=0. ``close()`` (or leaving a ``with`` block) ends a
+    running pass and its workers. After each yielded batch,
     ``last_indices`` holds its dataset indices and ``last_wait_s`` the seconds spent waiting for it;
     ``stats`` accumulates over the current pass.
     """
