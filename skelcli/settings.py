@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skelcli.errors import SkelError
 
@@ -55,6 +55,13 @@ class DataSettings(StrictModel):
         False, description="map a decompressed copy of the split (written once) instead of reading it: the DDP ranks of a machine share one copy"
     )
     cache_dir: Path | None = Field(None, description="folder of the shared cache (default: next to the prepared file)")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir_is_a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a folder")
+        return value
     limit: int | None = Field(None, ge=1, description="use only the first N training clips (debugging)")
 
 

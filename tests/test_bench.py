@@ -232,6 +232,12 @@ def test_cli_rejects_bad_input(tmp_path):
     assert res.exit_code == 2 and "nothing to do" in res.output
     res = runner.invoke(app, ["benchmark", "--measure-throughput", "--precision", "fp8"])
     assert res.exit_code == 2 and "precision" in res.output
+    from helpers import assert_one_line_error
+
+    res = runner.invoke(app, ["benchmark", "--measure-throughput", "--compile", "--compile-backend", "tensorrt",
+                              "--json", str(tmp_path / "b.json")])
+    assert_one_line_error(res, "unknown --compile-backend 'tensorrt'; use inductor, aot_eager, cudagraphs")
+    assert not (tmp_path / "b.json").exists()
     res = runner.invoke(app, ["benchmark", "--end-to-end", str(tmp_path / "missing.h5")])
     assert res.exit_code == 2 and "no such file" in res.output
 

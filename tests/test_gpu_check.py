@@ -99,3 +99,28 @@ def test_a_configuration_past_the_time_budget_is_skipped_and_reported():
     assert all(v["status"] == "skipped" and "time budget" in v["note"] for v in out.values())
     md = render_markdown({"mode": "cpu-quick", "manifest": {}, "steps": {"benchmark": {"status": "ok", "seconds": 0, "result": out}}})
     assert "| fp32 | skipped: time budget" in md
+
+
+def test_gpu_check_out_that_is_a_file_is_a_one_line_error_and_the_file_is_kept(tmp_path):
+    from helpers import assert_one_line_error, run_cli
+
+    target = tmp_path / "report_here"
+    target.write_text("keep")
+    for extra in ([], ["--cpu-quick", "--no-pytest"]):
+        r = run_cli("gpu-check", "--out", target, *extra)
+        assert_one_line_error(r, "is a file, not a folder")
+        assert r.exit_code == 2 and target.read_text() == "keep"
+
+
+def test_a_rerun_replaces_both_reports_whole(tmp_path, monkeypatch):
+    """The reports are written to temporary names and moved into place: no partial file, no leftovers."""
+    from skelcli.bench import gpucheck
+
+    out = tmp_path / "gc"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    monkeypatch.setattr(gpucheck, "_benchmarks", lambda *a: {})
+    monkeypatch.setattr(gpucheck, "_ddp", lambda *a: {"status": "ok"})
+    gpucheck.run_gpu_check(out, cpu_quick=True, pytest_cuda=False, log=lambda s: None)
+    assert json.loads((out / "report.json").read_text())["mode"] == "cpu-quick"
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]

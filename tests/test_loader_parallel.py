@@ -170,3 +170,28 @@ def test_pretrain_with_reader_processes_and_the_shared_cache_trains_identically(
     assert len(plain) == 4 and fast == plain
     assert len(list(cache.glob("tiny.h5.xsub-train-9.*.frames.npy"))) == 1
     assert mp.active_children() == []
+
+
+@pytest.mark.parametrize("setting,field", [
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.shared_cache=maybe", "data.shared_cache"),
+    ("runtime.compile_backend=tensorrt", "runtime.compile_backend"),
+])
+def test_bad_loader_and_compile_settings_fail_at_parse_time_naming_the_field(data_file, tmp_path, setting, field):
+    from helpers import assert_one_line_error, run_cli
+
+    r = run_cli("pretrain", "--method", "mae", "--data", data_file, "--preset", "small", "--device", "cpu",
+                "--out", tmp_path / "run", "--no-progress", "--set", setting)
+    assert_one_line_error(r, field)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_dir_that_is_a_file_fails_at_parse_time_and_the_file_is_kept(data_file, tmp_path):
+    from helpers import assert_one_line_error, run_cli
+
+    target = tmp_path / "not_a_folder"
+    target.write_text("keep")
+    r = run_cli("pretrain", "--method", "mae", "--data", data_file, "--preset", "small", "--device", "cpu",
+                "--out", tmp_path / "run", "--no-progress", "--set", "data.shared_cache=true", "--set", f"data.cache_dir={target}")
+    assert_one_line_error(r, "data.cache_dir")
+    assert target.read_text() == "keep" and not (tmp_path / "run").exists()

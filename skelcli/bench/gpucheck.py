@@ -249,11 +249,13 @@ def run_gpu_check(out_dir: Path, *, cpu_quick: bool = False, pytest_cuda: bool =
         steps["end_to_end"] = _step(lambda: measure_end_to_end(e2e, device, e2e.methods, log))
         log("gpu-check: one-process torchrun")
         steps["ddp"] = _step(lambda: _ddp(data, device, out_dir))
-        for extra in [data, *(out_dir / "cache").glob("*")]:
-            extra.unlink(missing_ok=True)  # gigabytes of timing data: not kept
+        data.unlink(missing_ok=True)  # gigabytes of timing data: not kept
+        shutil.rmtree(out_dir / "cache", ignore_errors=True)
     report["seconds"] = time.perf_counter() - t_start
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(report))
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"), ("report.md", render_markdown(report))):
+        tmp = out_dir / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)  # a previous report is replaced whole or not at all
     return report
 
 

@@ -136,6 +136,10 @@ def gpu_check(
     """
     from skelcli.bench.gpucheck import NO_CUDA_EXIT, NoCuda, run_gpu_check
     from skelcli.cli._app import err_console, fail
+    from skelcli.errors import SkelError
+
+    if out.exists() and not out.is_dir():
+        raise SkelError(f"--out: {out} is a file, not a folder")
 
     def log(message: str) -> None:
         err_console.print(message, highlight=False)
