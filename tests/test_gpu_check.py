@@ -83,6 +83,7 @@ def test_synthetic_store_has_the_requested_splits_and_lengths(tmp_path):
     assert meta.protocols == {"xsub": {"train": 30, "test": 7}} and meta.num_samples == 37
     ds = ClipDataset.from_store(tmp_path / "s.h5", "xsub", "train")
     assert ds.lengths.min() >= 40 and ds.lengths.max() <= 300 and int(ds.lengths.sum()) <= info["frames"]
+    assert info["decompressed_gb"] == pytest.approx(info["frames"] * 2 * 25 * 3 * 4 / 1e9)  # float32 (2, 25, 3) frames
     clip = ds.clip(0).numpy()
     assert clip.shape[1:] == (2, 25, 3) and np.isfinite(clip).all() and np.abs(np.diff(clip, axis=0)).mean() < 0.05  # smooth
 

@@ -91,7 +91,7 @@ def write_synthetic_store(path: Path, train_clips: int, test_clips: int, seed: i
                       rejected=[], preprocessing={}, source={"generator": "skelcli.bench.gpucheck.write_synthetic_store",
                                                              "seed": seed}, force=True)
     return {"path": str(path), "clips": n, "train_clips": train_clips, "frames": int(lengths.sum()),
-            "decompressed_gb": float(lengths.sum()) * 600 / 1e9, "file_gb": path.stat().st_size / 1e9,
+            "decompressed_gb": float(lengths.sum()) * walks[0, 0].nbytes / 1e9, "file_gb": path.stat().st_size / 1e9,
             "write_seconds": time.perf_counter() - t0}
 
 
