@@ -192,31 +192,46 @@ def test_feature_extraction_under_two_processes_matches_one(data_file, tmp_path)
             np.testing.assert_array_equal(z["order"][:, 0], np.arange(7) * 10.0)
 
 
-def _sinkhorn_worker(rank: int, world: int, init_file: str, logits, out_dir: str) -> None:
+def _centring_worker(rank: int, world: int, init_file: str, logits, out_dir: str) -> None:
     import torch.distributed as tdist
 
-    from skelcli.methods.slim_heads import sinkhorn_knopp
+    from skelcli.methods.slim_heads import sinkhorn_knopp, softmax_centring
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        part = logits.chunk(world)[rank]
-        torch.save(sinkhorn_knopp(part, 0.07), f"{out_dir}/q{rank}.pt")
+        q = sinkhorn_knopp(logits.chunk(world)[rank], 0.07)
+        uneven = logits[:5] if rank == 0 else logits[5:]  # 5 and 7 rows
+        centre = torch.zeros(1, logits.shape[1])
+        first = softmax_centring(uneven, centre, 0.07, 0.9)
+        after_first = centre.clone()
+        second = softmax_centring(uneven, centre, 0.07, 0.9)
+        torch.save({"q": q, "first": first, "second": second, "c1": after_first, "c2": centre}, f"{out_dir}/q{rank}.pt")
     finally:
         tdist.destroy_process_group()
 
 
-def test_sinkhorn_knopp_balances_over_the_global_batch(tmp_path):
-    """SLiM's teacher targets: Sinkhorn-Knopp on 2 processes (gloo) equals one process on the whole batch."""
+def test_teacher_centring_is_over_the_global_batch(tmp_path):
+    """SLiM's teacher targets on 2 processes (gloo): Sinkhorn-Knopp equals one process on the whole batch, and
+    DINO's softmax centring keeps one centre on both processes, the EMA of the global batch mean even when the
+    processes hold 5 and 7 rows."""
     import torch.multiprocessing as mp
 
     from skelcli.methods.slim_heads import sinkhorn_knopp
 
     logits = torch.randn(12, 7, generator=torch.Generator().manual_seed(0))
-    mp.spawn(_sinkhorn_worker, args=(2, str(tmp_path / "init"), logits, str(tmp_path)), nprocs=2, join=True)
-    q = torch.cat([torch.load(tmp_path / f"q{r}.pt") for r in range(2)])
+    mp.spawn(_centring_worker, args=(2, str(tmp_path / "init"), logits, str(tmp_path)), nprocs=2, join=True)
+    out = [torch.load(tmp_path / f"q{r}.pt") for r in range(2)]
+    q = torch.cat([o["q"] for o in out])
     torch.testing.assert_close(q, sinkhorn_knopp(logits, 0.07), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(q.sum(dim=1), torch.ones(12))
+    c1 = 0.1 * logits.mean(0, keepdim=True)
+    c2 = 0.9 * c1 + 0.1 * logits.mean(0, keepdim=True)
+    for o in out:
+        torch.testing.assert_close(o["c1"], c1, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(o["c2"], c2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([o["first"] for o in out]), torch.softmax(logits / 0.07, dim=1))
+    torch.testing.assert_close(torch.cat([o["second"] for o in out]), torch.softmax((logits - c1) / 0.07, dim=1))
 
 
 def test_finetune_under_torchrun_two_processes(data_file, tmp_path):

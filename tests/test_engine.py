@@ -204,11 +204,13 @@ SLIM_TINY = [
 ]
 
 
-def test_slim_resume_restores_the_teacher_temperature_and_reaches_the_same_weights(data_file, tmp_path):
+@pytest.mark.parametrize("centring", ["sinkhorn", "softmax"])
+def test_slim_resume_restores_the_teacher_temperature_and_reaches_the_same_weights(data_file, tmp_path, centring):
     """SLiM's teacher temperature is a schedule outside the state dict: a resumed run must continue at
     the next step's value (it used to restart at teacher_temp_start for one step), so weights after a
-    SIGTERM + resume equal an uninterrupted run's bit for bit, and so does every logged temperature."""
-    s = resolve_pretrain_settings("slim", "small", None, None, SLIM_TINY, data_file, "xsub")
+    SIGTERM + resume equal an uninterrupted run's bit for bit, and so does every logged temperature.
+    With softmax centring the two EMA centres resume with the weights (they are compared among them)."""
+    s = resolve_pretrain_settings("slim", "small", None, None, [*SLIM_TINY, f"method.centring=\"{centring}\""], data_file, "xsub")
     full = pretrain(s, tmp_path / "full", progress=False)
     run = tmp_path / "cut"
     part = pretrain(s, run, progress=False, callbacks=[_Signal(5)])  # mid-epoch, mid-warmup
@@ -216,6 +218,7 @@ def test_slim_resume_restores_the_teacher_temperature_and_reaches_the_same_weigh
     pretrain(s, run, resume="auto", progress=False)
     a, b = _params(full.checkpoint), _params(run / "last.pt")
     assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
+    assert ("cls_centre" in a) == (centring == "softmax")
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from skelcli.data.clips import ClipBatch
 from skelcli.methods.losses_slim import glcl_loss, glcl_pairs, ibot_loss, koleo_loss, soft_cross_entropy
 from skelcli.methods.slim import SLIM_ENCODER, SLiM, SlimSettings, momentum_at
-from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp
+from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp, softmax_centring
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder, count_parameters
 
 
@@ -58,6 +58,33 @@ def test_sinkhorn_rows_sum_to_one_and_columns_near_uniform() -> None:
     q_long = sinkhorn_knopp(logits, 0.07, iterations=200)
     torch.testing.assert_close(q_long.sum(0), torch.full((k,), target), rtol=2e-3, atol=0)
     assert bool((q >= 0).all())
+
+
+def test_softmax_centring_subtracts_the_ema_centre_then_moves_it() -> None:
+    """DINO's centring by hand: targets softmax((z - c) / T), then c <- m c + (1 - m) mean(z); an empty batch
+    leaves the centre where it is."""
+    z = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    centre = torch.tensor([[0.5, 0.5, 0.0]])
+    p = softmax_centring(z, centre, 0.5, 0.9)
+    e = torch.exp(torch.tensor([[1.0, -1.0, -2.0], [-1.0, 3.0, 0.0]]))  # (z - c) / 0.5
+    torch.testing.assert_close(p, e / e.sum(1, keepdim=True))
+    torch.testing.assert_close(centre, torch.tensor([[0.9 * 0.5 + 0.1 * 0.5, 0.9 * 0.5 + 0.1 * 1.0, 0.1 * -0.5]]))
+    before = centre.clone()
+    assert softmax_centring(torch.zeros(0, 3), centre, 0.5, 0.9).shape == (0, 3)
+    torch.testing.assert_close(centre, before)
+
+
+def test_softmax_centring_keeps_its_centres_in_the_checkpoint_and_moves_them_each_step() -> None:
+    """With ``centring="softmax"`` the two (1, K) centres are buffers of the method (saved with it, so a resumed
+    run continues exactly); one training step moves both away from zero. Sinkhorn runs have no such buffers."""
+    m = SLiM(small_settings(centring="softmax"))
+    assert {"cls_centre", "patch_centre"} <= set(m.state_dict())
+    assert m.cls_centre.shape == (1, 64) and float(m.cls_centre.abs().sum()) == 0.0
+    torch.manual_seed(0)
+    out = m(clip_batch())
+    assert torch.isfinite(out["loss"])
+    assert float(m.cls_centre.abs().sum()) > 0 and float(m.patch_centre.abs().sum()) > 0
+    assert "cls_centre" not in SLiM(small_settings(centring="sinkhorn")).state_dict()
 
 
 def test_dino_head_cosine_logits_and_prototype_freeze() -> None:

@@ -36,7 +36,7 @@ from skelcli.errors import SkelError
 from skelcli.methods.base import DatasetInfo, PretrainMethod, register, weight_decay_groups
 from skelcli.methods.losses_slim import glcl_loss, ibot_loss, koleo_loss
 from skelcli.methods.mae import FEATURE_STD_THRESHOLD, pooled_feature_std
-from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp
+from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp, softmax_centring
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder
 from skelcli.models.tube_masking import global_view_ratios, semantic_tube_masking, stratified_ratios
 from skelcli.settings import StrictModel
@@ -102,6 +102,9 @@ class SlimSettings(StrictModel):
     teacher_temp: float = 0.07
     teacher_temp_warmup_epochs: float = 30
     sinkhorn_iterations: int = 3
+    centring: Literal["sinkhorn", "softmax"] = Field(
+        "sinkhorn", description="teacher targets: Sinkhorn-Knopp (DINOv2, official) or softmax minus an EMA centre (DINO)")
+    centre_momentum: float = Field(0.9, ge=0, lt=1, description="EMA momentum of the softmax centres (DINO: 0.9)")
     glcl_weight: float = 1.0
     mfm_weight: float = 1.0
     koleo_weight: float = 0.1
@@ -214,6 +217,10 @@ class SLiM(PretrainMethod):
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher = teacher.eval()
+        if s.centring == "softmax":
+            # (1, K) centres of the CLS and the patch targets, in the checkpoint so that a resumed run goes on exactly
+            self.register_buffer("cls_centre", torch.zeros(1, s.num_prototypes))
+            self.register_buffer("patch_centre", torch.zeros(1, s.num_prototypes))
         #: Run length in epochs for the teacher-temperature warmup; the engine may set optim.epochs here.
         self.run_epochs: float = s.schedule_epochs
         self.momentum = s.momentum_start
@@ -307,6 +314,13 @@ class SLiM(PretrainMethod):
         ratios = stratified_ratios(len(slots) * n, *s.mask_ratio, shuffle=s.shuffle_local_mask_ratios)
         return semantic_tube_masking(ratios, n_t, min_patches, s.local_max_patches, s.mask_max_tries, topo=self.data.topology).to(device)
 
+    def _targets(self, logits: torch.Tensor, centre: str, temperature: float) -> torch.Tensor:
+        """Teacher head logits (B, K) -> target distributions (B, K) by the configured centring."""
+        s = self.settings
+        if s.centring == "softmax":
+            return softmax_centring(logits, getattr(self, centre), temperature, s.centre_momentum)
+        return sinkhorn_knopp(logits, temperature, s.sinkhorn_iterations)
+
     def forward(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
         """One SLiM step on raw clips (N, M, T_max, V, C). Returns loss, glcl, mfm, koleo."""
         s = self.settings
@@ -327,9 +341,9 @@ class SLiM(PretrainMethod):
         with torch.no_grad():
             t_feats = self.teacher["encoder"].forward_features(globals_)
             self._feature_std = pooled_feature_std(t_feats[:, :1])  # teacher CLS (the downstream feature)
-            t_cls = sinkhorn_knopp(self.teacher["dino_head"](t_feats[:, 0]), temp_t, s.sinkhorn_iterations)
+            t_cls = self._targets(self.teacher["dino_head"](t_feats[:, 0]), "cls_centre", temp_t)
             t_patch = t_feats[:, prefix:][gmask]  # (M, D) in (view, token) order
-            t_pat = sinkhorn_knopp(self.teacher["ibot_head"](t_patch), temp_t, s.sinkhorn_iterations) if t_patch.shape[0] else None
+            t_pat = self._targets(self.teacher["ibot_head"](t_patch), "patch_centre", temp_t) if t_patch.shape[0] else None
 
         s_feats = self.encoder.forward_features(globals_, token_mask=gmask)
         s_cls_global = self.dino_head(s_feats[:, 0]).reshape(2, n, -1)

@@ -1,4 +1,4 @@
-"""SLiM projection heads and Sinkhorn-Knopp centring (spec/slim.md 2.4, 2.6, 2.7).
+"""SLiM projection heads, Sinkhorn-Knopp centring (spec/slim.md 2.4, 2.6, 2.7) and DINO's softmax centring.
 
 Both heads (CLS ``dino_head`` for GLCL, patch ``ibot_head`` for MFM) are DINOv2 DINOHeads:
 a 3-layer MLP in -> hidden -> hidden -> bottleneck with GELU, L2 normalisation, then a bias-free
@@ -84,4 +84,29 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     return (q * b).t()
 
 
-__all__ = ["DINOHead", "sinkhorn_knopp"]
+@torch.no_grad()
+def softmax_centring(logits: torch.Tensor, centre: torch.Tensor, temperature: float, momentum: float) -> torch.Tensor:
+    """DINO's teacher targets (Caron et al. 2021, section 3.1; iBOT keeps a second centre for patch
+    tokens): softmax((logits - centre) / temperature) over the K prototypes, then the centre moves
+    to ``momentum * centre + (1 - momentum) * mean(logits)`` in place.
+
+    logits: (B, K) teacher head outputs; centre: (1, K) float32 buffer. Returns (B, K) float32, rows
+    summing to 1. Unlike Sinkhorn-Knopp nothing forces a batch to spread over all K prototypes.
+    Under torch.distributed the logit sums and counts are all-reduced, so every process keeps the
+    same centre (the mean over the global batch); with B = 0 over all processes it does not move.
+    """
+    import torch.distributed as tdist
+
+    z = logits.float()
+    out = torch.softmax((z - centre) / temperature, dim=-1)
+    total = z.sum(dim=0, keepdim=True)
+    count = torch.tensor(float(z.shape[0]), device=z.device)
+    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(total)
+        tdist.all_reduce(count)
+    if count.item() > 0:
+        centre.mul_(momentum).add_(total / count, alpha=1.0 - momentum)
+    return out
+
+
+__all__ = ["DINOHead", "sinkhorn_knopp", "softmax_centring"]
