@@ -104,8 +104,8 @@ def softmax_centring(logits: torch.Tensor, centre: torch.Tensor, temperature: fl
     if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
         tdist.all_reduce(total)
         tdist.all_reduce(count)
-    if count.item() > 0:
-        centre.mul_(momentum).add_(total / count, alpha=1.0 - momentum)
+    moved = momentum * centre + (1.0 - momentum) * total / count.clamp_min(1.0)
+    centre.copy_(torch.where(count > 0, moved, centre))  # no host sync on a GPU
     return out
 
 
