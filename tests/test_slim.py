@@ -409,3 +409,22 @@ def test_paper_preset_follows_the_official_code_and_small_keeps_its_measured_dev
     small = resolve_pretrain_settings("slim", "small").method
     assert (small.clip_per_submodule, small.train_prototype_norm, small.shuffle_local_mask_ratios, small.scale_mode,
             small.encoder.init) == (True, True, True, "kinematic", "mamp")
+
+
+@pytest.mark.parametrize("setting,field", [
+    ('method.centring="bogus"', "method.slim.centring"),
+    ("method.centre_momentum=1.0", "method.slim.centre_momentum"),
+    ("method.centre_momentum=-0.1", "method.slim.centre_momentum"),
+])
+def test_bad_centring_settings_fail_at_parse_time_and_keep_an_earlier_run(data_file, tmp_path, setting, field) -> None:
+    """A wrong centring value is a one-line error naming the field, before any work: an earlier run in the
+    output folder keeps its checkpoint byte for byte."""
+    from helpers import assert_one_line_error, run_cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"an earlier run")
+    r = run_cli("pretrain", "--method", "slim", "--data", data_file, "--preset", "small", "--device", "cpu",
+                "--out", run, "--no-progress", "--set", setting)
+    assert_one_line_error(r, field)
+    assert (run / "last.pt").read_bytes() == b"an earlier run" and sorted(p.name for p in run.iterdir()) == ["last.pt"]

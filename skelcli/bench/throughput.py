@@ -57,6 +57,10 @@ class Timing:
     def as_dict(self) -> dict[str, Any]:
         return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "repeats_ms": list(self.ms)}
 
+    def samples_per_s(self, batch_size: int) -> float:
+        """Throughput at the median window when every step processes ``batch_size`` samples."""
+        return batch_size * 1000.0 / self.median_ms
+
 
 class StepTimer:
     """Times a step function; synchronises CUDA before every clock read.
@@ -321,19 +325,24 @@ def training_result(task: Task, batch_size: int) -> dict[str, Any]:
     return {
         "batch_size": batch_size,
         "ms_per_step": task.timing.as_dict(),
-        "samples_per_s": batch_size * 1000.0 / task.timing.median_ms,
+        "samples_per_s": task.timing.samples_per_s(batch_size),
         "peak_memory_mb": task.memory_mb,
         "peak_memory_kind": task.memory_kind,
     }
+
+
+def _dropped_token_ratio(method) -> float | None:
+    """The mask ratio of a method whose pretraining encoder drops the masked tokens (MAE / MAMP /
+    GFP: timed also on the visible tokens only); None for one that keeps them (a mask token, SLiM)."""
+    ratio = getattr(method.settings, "mask_ratio", None)
+    return ratio if ratio is not None and not method.downstream_encoder().config.mask_token else None
 
 
 def inference_key(method) -> str:
     """Methods with equal keys have identical downstream encoders (class and configuration; the
     weights differ, the cost does not), so one inference measurement serves them all."""
     encoder = method.downstream_encoder()
-    ratio = getattr(method.settings, "mask_ratio", None)
-    masked = ratio is not None and not encoder.config.mask_token
-    return f"{type(encoder).__name__}({encoder.config!r})|masked={ratio if masked else None}|{method.encoder.config!r}"
+    return f"{type(encoder).__name__}({encoder.config!r})|masked={_dropped_token_ratio(method)}|{method.encoder.config!r}"
 
 
 def inference_tasks(method, cfg: BenchConfig, device: torch.device, prefix: str = "") -> list[Task]:
@@ -359,8 +368,8 @@ def inference_tasks(method, cfg: BenchConfig, device: torch.device, prefix: str 
     warmup = max(cfg.warmup, 1)
     tasks = [Task(f"{prefix}latency", lambda: fwd(x1), max(cfg.iters, 5 if device.type == "cpu" else 50), warmup, context),
              Task(f"{prefix}throughput", lambda: fwd(xb), cfg.iters, warmup, context)]
-    ratio = getattr(method.settings, "mask_ratio", None)
-    if ratio is not None and not ecfg.mask_token:
+    ratio = _dropped_token_ratio(method)
+    if ratio is not None:
         keep = keep_count(ecfg.num_tokens, ratio)
         ids = torch.stack([torch.randperm(ecfg.num_tokens, device=device)[:keep] for _ in range(xb.shape[0])])
         enc = method.encoder.eval()
@@ -383,7 +392,7 @@ def inference_result(method, tasks: list[Task], cfg: BenchConfig) -> dict[str, A
         "persons_per_sample": 2,
         "latency_batch1": by["latency"].timing.as_dict(),
         "throughput": {"batch_size": cfg.inference_batch_size, "ms_per_batch": thr.timing.as_dict(),
-                       "samples_per_s": cfg.inference_batch_size * 1000.0 / thr.timing.median_ms},
+                       "samples_per_s": thr.timing.samples_per_s(cfg.inference_batch_size)},
         "peak_memory_mb": thr.memory_mb,
         "masked_encoder": None,
         "shared_with": None,
@@ -391,7 +400,7 @@ def inference_result(method, tasks: list[Task], cfg: BenchConfig) -> dict[str, A
     if "masked" in by:
         m = by["masked"]
         out["masked_encoder"] = {"visible_tokens": m.info["visible_tokens"], "ms_per_batch": m.timing.as_dict(),
-                                 "samples_per_s": cfg.inference_batch_size * 1000.0 / m.timing.median_ms}
+                                 "samples_per_s": m.timing.samples_per_s(cfg.inference_batch_size)}
     method.train()
     return out
 
@@ -454,7 +463,7 @@ def baseline_result(task: Task) -> dict[str, Any]:
     if task.error is not None:
         raise task.error
     batch = task.info["batch_size"]
-    return {**task.info, "ms_per_step": task.timing.as_dict(), "samples_per_s": batch * 1000.0 / task.timing.median_ms,
+    return {**task.info, "ms_per_step": task.timing.as_dict(), "samples_per_s": task.timing.samples_per_s(batch),
             "peak_memory_mb": task.memory_mb}
 
 
