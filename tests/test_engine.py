@@ -199,6 +199,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 SLIM_TINY = [
     "method.encoder.dim=16", "method.encoder.depth=1", "method.encoder.heads=2", "method.num_prototypes=32",
     "method.head_hidden_dim=32", "method.head_bottleneck_dim=16", "method.teacher_temp_warmup_epochs=3",
+    "method.teacher_temp_start=0.04", "method.teacher_temp=0.07",
     "data.batch_size=3", "optim.epochs=3", "method.schedule_epochs=3", "optim.warmup_epochs=1",
     "runtime.checkpoint_every=1", "runtime.log_every=1", "runtime.device=\"cpu\"",
 ]

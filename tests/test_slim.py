@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from skelcli.data.clips import ClipBatch
 from skelcli.methods.losses_slim import glcl_loss, glcl_pairs, ibot_loss, koleo_loss, soft_cross_entropy
 from skelcli.methods.slim import SLIM_ENCODER, SLiM, SlimSettings, momentum_at
-from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp, softmax_centring
+from skelcli.methods.slim_heads import DINOHead, sinkhorn_knopp, softmax_centring, target_entropy
 from skelcli.models.encoder import EncoderConfig, SkeletonEncoder, count_parameters
 
 
@@ -60,6 +60,24 @@ def test_sinkhorn_rows_sum_to_one_and_columns_near_uniform() -> None:
     assert bool((q >= 0).all())
 
 
+def test_sinkhorn_stays_finite_when_a_low_temperature_underflows_whole_samples() -> None:
+    """At T = 0.005 a sample whose best logit is 1.0 below another's has exp((z - max) / T) = e^-200 = 0 in
+    fp32 everywhere: its target is all zero (no NaN) and the other samples keep proper distributions."""
+    logits = torch.tensor([[1.0, 0.9, 0.0], [0.95, 1.0, 0.1], [0.0, -0.02, -0.01]])
+    q = sinkhorn_knopp(logits, 0.005)
+    assert bool(torch.isfinite(q).all())
+    assert float(q[2].sum()) == 0.0
+    torch.testing.assert_close(q[:2].sum(1), torch.ones(2))
+    # in the normal range the floor changes nothing: bit for bit the unfloored iteration
+    z = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    ref = torch.exp(z / 0.07 - (z / 0.07).max()).t()
+    ref = ref / ref.sum()
+    for _ in range(3):
+        ref = ref / ref.sum(dim=1, keepdim=True) / 5
+        ref = ref / ref.sum(dim=0, keepdim=True) / 6
+    assert torch.equal(sinkhorn_knopp(z, 0.07), (ref * 6).t())
+
+
 def test_softmax_centring_subtracts_the_ema_centre_then_moves_it() -> None:
     """DINO's centring by hand: targets softmax((z - c) / T), then c <- m c + (1 - m) mean(z); an empty batch
     leaves the centre where it is."""
@@ -85,6 +103,21 @@ def test_softmax_centring_keeps_its_centres_in_the_checkpoint_and_moves_them_eac
     assert torch.isfinite(out["loss"])
     assert float(m.cls_centre.abs().sum()) > 0 and float(m.patch_centre.abs().sum()) > 0
     assert "cls_centre" not in SLiM(small_settings(centring="sinkhorn")).state_dict()
+
+
+def test_target_entropy_is_one_for_uniform_targets_and_zero_for_one_hot_and_is_logged() -> None:
+    """The uniform-collapse gauge: entropy / log K of the teacher's CLS targets, hand-computed for a two-row
+    batch, and logged by a SLiM step next to feature_std."""
+    k = 4
+    assert float(target_entropy(torch.full((3, k), 1 / k))) == pytest.approx(1.0)
+    assert float(target_entropy(torch.eye(k))) == pytest.approx(0.0, abs=1e-6)
+    half = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert float(target_entropy(half)) == pytest.approx((math.log(2) / 2) / math.log(k))
+    m = SLiM(small_settings())
+    torch.manual_seed(0)
+    m(clip_batch())
+    logged = m.log_metrics()["target_entropy"]
+    assert 0.0 <= logged <= 1.0 + 1e-6
 
 
 def test_dino_head_cosine_logits_and_prototype_freeze() -> None:
@@ -241,8 +274,9 @@ def test_teacher_gets_no_gradient_and_moves_by_the_ema_rule() -> None:
     before_t = {k: v.clone() for k, v in method.teacher.state_dict().items()}
     student = {f"encoder.{k}": v.clone() for k, v in method.encoder.state_dict().items()}
     method.after_step(3, 10)
-    m = momentum_at(3, 10, 0.994, 1.0)
-    assert 0.994 < m < 1.0 and method.momentum == m
+    start = method.settings.momentum_start
+    m = momentum_at(3, 10, start, 1.0)
+    assert start < m < 1.0 and method.momentum == m
     for key, new in method.teacher.state_dict().items():
         if key in student:
             torch.testing.assert_close(new, m * before_t[key] + (1 - m) * student[key])
@@ -251,7 +285,7 @@ def test_teacher_gets_no_gradient_and_moves_by_the_ema_rule() -> None:
 
 
 def test_teacher_temperature_warms_up_then_stays() -> None:
-    method = SLiM(small_settings(teacher_temp_warmup_epochs=2, schedule_epochs=10))
+    method = SLiM(small_settings(teacher_temp_start=0.04, teacher_temp=0.07, teacher_temp_warmup_epochs=2, schedule_epochs=10))
     method.after_step(0, 100)  # after 1 of 100 steps: 0.1 epoch
     assert method.teacher_temp_now == pytest.approx(0.04 + 0.03 * 0.1 / 2)
     method.after_step(49, 100)

@@ -9,6 +9,8 @@ it like any weight (lr and weight decay); ``train_norm=False`` keeps g = 1, DINO
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,9 +80,13 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     k = q.shape[0]
     b = int(reduce(torch.tensor(q.shape[1], device=q.device, dtype=torch.float64)).item())
     q = q / reduce(q.sum())
+    # At a low temperature whole rows or columns can underflow to 0; the floor keeps them at 0 instead of
+    # 0 / 0 = NaN (a sample whose every entry underflowed gets an all-zero target and adds nothing to the
+    # loss). Above the floor the divisions are exactly those of the reference.
+    tiny = torch.finfo(q.dtype).tiny
     for _ in range(iterations):
-        q = q / reduce(q.sum(dim=1, keepdim=True)) / k
-        q = q / q.sum(dim=0, keepdim=True) / b
+        q = q / reduce(q.sum(dim=1, keepdim=True)).clamp_min(tiny) / k
+        q = q / q.sum(dim=0, keepdim=True).clamp_min(tiny) / b
     return (q * b).t()
 
 
@@ -110,3 +116,10 @@ def softmax_centring(logits: torch.Tensor, centre: torch.Tensor, temperature: fl
 
 
 __all__ = ["DINOHead", "sinkhorn_knopp", "softmax_centring"]
+
+
+def target_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of target distributions (B, K) over log K: 1.0 = uniform targets, which carry no signal
+    (DINO's "uniform collapse"); one-hot targets give 0. Detached fp32 scalar."""
+    p = probs.detach().float()
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean() / math.log(p.shape[-1])
