@@ -60,7 +60,8 @@ def default_parallel() -> int:
 
 #: Seconds each method's small-preset job took on a 2-core Xeon (docs/benchmarks.md, "The demo"): the
 #: jobs start longest first so that two workers finish together. SLiM's is twice its 12-epoch 75 s since the
-#: small preset runs 24 epochs (on the AMD EPYC its job took 2.0x as long, docs/benchmarks.md).
+#: small preset runs 24 epochs (an estimate: on the AMD EPYC, 2026-12-03, its demo job took 219 s of pretraining
+#: against GFP's 192 s).
 EXPECTED_SECONDS = {"gfp": 152, "slim": 150, "mae": 83, "mamp": 78}
 
 # A worker's way to print: the parent's log in-process, a queue back to the parent in a pool worker.

@@ -449,9 +449,12 @@ def test_paper_preset_follows_the_official_code_and_small_keeps_its_measured_dev
     ('method.centring="bogus"', "method.slim.centring"),
     ("method.centre_momentum=1.0", "method.slim.centre_momentum"),
     ("method.centre_momentum=-0.1", "method.slim.centre_momentum"),
+    ("method.teacher_temp=0", "method.slim.teacher_temp"),
+    ("method.teacher_temp_start=-0.01", "method.slim.teacher_temp_start"),
+    ("method.student_temp=0", "method.slim.student_temp"),
 ])
 def test_bad_centring_settings_fail_at_parse_time_and_keep_an_earlier_run(data_file, tmp_path, setting, field) -> None:
-    """A wrong centring value is a one-line error naming the field, before any work: an earlier run in the
+    """A wrong centring value or a temperature <= 0 is a one-line error naming the field, before any work: an earlier run in the
     output folder keeps its checkpoint byte for byte."""
     from helpers import assert_one_line_error, run_cli
 

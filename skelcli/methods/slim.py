@@ -97,9 +97,9 @@ class SlimSettings(StrictModel):
     separate_head: bool = Field(True, description="separate iBOT (patch) head, as coded")
     train_prototype_norm: bool = Field(True, description="train the prototype layer's weight-norm g (DINOv2, official); false = g fixed at 1")
     # losses and schedules (spec 2.7, 4)
-    student_temp: float = 0.1
-    teacher_temp_start: float = 0.04
-    teacher_temp: float = 0.07
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp_start: float = Field(0.04, gt=0)
+    teacher_temp: float = Field(0.07, gt=0)
     teacher_temp_warmup_epochs: float = 30
     sinkhorn_iterations: int = 3
     centring: Literal["sinkhorn", "softmax"] = Field(
@@ -166,7 +166,7 @@ class SlimSettings(StrictModel):
                     # "Fidelity settings"): no better, and less headroom for the gain test.
                     "scale_mode": "kinematic",
                     "num_prototypes": 256, "head_hidden_dim": 256, "head_bottleneck_dim": 64,
-                    "teacher_temp_start": 0.01, "teacher_temp": 0.01, "teacher_temp_warmup_epochs": 2, "momentum_start": 0.98,
+                    "teacher_temp_start": 0.01, "teacher_temp": 0.01, "momentum_start": 0.98,
                     "schedule_epochs": epochs, "iterations_per_epoch": None,
                 },
                 "data": {"batch_size": batch},

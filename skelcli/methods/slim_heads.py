@@ -115,11 +115,11 @@ def softmax_centring(logits: torch.Tensor, centre: torch.Tensor, temperature: fl
     return out
 
 
-__all__ = ["DINOHead", "sinkhorn_knopp", "softmax_centring"]
-
-
 def target_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Mean entropy of target distributions (B, K) over log K: 1.0 = uniform targets, which carry no signal
     (DINO's "uniform collapse"); one-hot targets give 0. Detached fp32 scalar."""
     p = probs.detach().float()
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean() / math.log(p.shape[-1])
+
+
+__all__ = ["DINOHead", "sinkhorn_knopp", "softmax_centring", "target_entropy"]
