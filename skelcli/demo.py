@@ -62,7 +62,9 @@ def default_parallel() -> int:
 #: jobs start longest first so that two workers finish together. SLiM's is twice its 12-epoch 75 s since the
 #: small preset runs 24 epochs (an estimate: on the AMD EPYC, 2026-12-03, its demo job took 219 s of pretraining
 #: against GFP's 192 s).
-EXPECTED_SECONDS = {"gfp": 152, "slim": 150, "mae": 83, "mamp": 78}
+EXPECTED_SECONDS = {"gfp": 152, "slim": 150, "mae": 83, "mamp": 78, "benchmark-flops": 20}
+#: The pool job that counts the quick benchmark's FLOPs (22 s on one AMD EPYC thread, 2026-12-06).
+FLOPS_JOB = "benchmark-flops"
 
 # A worker's way to print: the parent's log in-process, a queue back to the parent in a pool worker.
 _EMIT: Callable[[str], None] = print
@@ -115,6 +117,22 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _flops_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The quick benchmark's FLOPs (``job["bench"]``: BenchConfig fields), counted beside the pretraining
+    jobs: FLOPs do not depend on load, the timings after the pool do."""
+    from skelcli.bench.report import count_benchmark_flops
+    from skelcli.bench.throughput import BenchConfig
+
+    t = time.perf_counter()
+    flops = count_benchmark_flops(BenchConfig(**job["bench"]), log=lambda text: _EMIT(f"    {text}"))
+    _EMIT(f"    benchmark FLOPs of {', '.join(flops)} counted in {time.perf_counter() - t:.0f} s")
+    return {"flops": flops, "seconds": time.perf_counter() - t}
+
+
+def _job(job: dict[str, Any]) -> dict[str, Any]:
+    return _flops_job(job) if job.get("kind") == "flops" else _method_job(job)
+
+
 def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Every job, ``parallel`` at a time (spawned single-thread workers whose lines come back through a
     queue and are printed here), or in this process when ``parallel`` is 1."""
@@ -122,7 +140,7 @@ def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], No
     if parallel <= 1 or len(jobs) <= 1:
         previous, _EMIT = _EMIT, log
         try:
-            return {job["name"]: _method_job(job) for job in jobs}
+            return {job["name"]: _job(job) for job in jobs}
         finally:
             _EMIT = previous
     import multiprocessing as mp
@@ -144,7 +162,7 @@ def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], No
 
     with ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=ctx, initializer=_init_worker,
                              initargs=(lines,)) as pool:
-        futures = {pool.submit(_method_job, job): job["name"] for job in jobs}
+        futures = {pool.submit(_job, job): job["name"] for job in jobs}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.5)
@@ -237,10 +255,15 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
     jobs = [{"name": name, "settings": configs[name].model_dump(mode="json"), "data": str(data), "run_root": str(out / "runs"),
              "seed": settings.seed, "k": settings.probe_k, "random": owner[shape_of[name]] == name, "progress": progress}
             for name in methods]
+    bench_cfg = {"methods": methods, "device": "cpu", "preset": "paper", "batch_size": 4, "repeats": 1, "warmup": 1}
+    if settings.benchmark and methods:
+        jobs.append({"name": FLOPS_JOB, "kind": "flops", "bench": bench_cfg})
     jobs.sort(key=lambda j: -EXPECTED_SECONDS.get(j["name"], 0))
     t = _stage(log, f"pretraining {', '.join(methods)} (small preset; {parallel} at a time, one thread each), "
-                    "then linear and kNN probes of each encoder and of a random encoder of the same shape")
+                    "then linear and kNN probes of each encoder and of a random encoder of the same shape"
+                    + ("; the quick benchmark's FLOPs are counted beside them" if settings.benchmark and methods else ""))
     results = _run_jobs(jobs, parallel, log)
+    flops = results.pop(FLOPS_JOB, {}).get("flops")
     for name in methods:
         entry = results[name]
         base = results[owner[shape_of[name]]]["random_init"]
@@ -263,8 +286,7 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
         from skelcli.bench.throughput import BenchConfig
 
         t = _stage(log, "quick benchmark: paper-size models, batch 4, one timed step each (the full run: docs/benchmarks.md)")
-        bench = run_benchmark(BenchConfig(methods=methods, device="cpu", preset="paper", batch_size=4, repeats=1, warmup=1),
-                              log=lambda text: log(f"    {text}"))
+        bench = run_benchmark(BenchConfig(**bench_cfg), log=lambda text: log(f"    {text}"), flops=flops)
         summary["benchmark"] = bench
         summary["benchmark_seconds"] = time.perf_counter() - t
         (out / "benchmark.json").write_text(json.dumps(bench, indent=2, default=str))

@@ -61,6 +61,38 @@ def test_lr_schedule_per_step_and_group_scale_and_wd_cosine():
     assert opt.param_groups[1]["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("name", ["gfp", "slim"])
+def test_the_multi_tensor_adamw_gives_the_per_tensor_weights(name):
+    """schedule.adamw (foreach=True, chosen for speed on CPU) against torch's CPU default, the per-tensor
+    loop: the same method, batches, draws and lr / weight-decay schedule give bit-identical weights."""
+    import copy
+
+    from skelcli.bench.throughput import build_method, synthetic_batch
+    from skelcli.engine.schedule import adamw
+
+    torch.manual_seed(0)
+    method, settings = build_method(name, "small", "ntu60", torch.device("cpu"))
+    twin = copy.deepcopy(method)
+    init = {k: v.clone() for k, v in method.state_dict().items()}
+    batch = synthetic_batch(4, method.encoder.config.num_frames, torch.device("cpu"), seed=3)
+    opts = [adamw(method.param_groups(0.05), 3e-3, (0.9, 0.95)),
+            torch.optim.AdamW(twin.param_groups(0.05), lr=3e-3, betas=(0.9, 0.95), foreach=False)]
+    assert opts[0].defaults["foreach"] is True
+    for model, opt in zip((method, twin), opts):
+        sched = LRSchedule(opt, lr=3e-3, min_lr=1e-5, warmup_epochs=1, epochs=3, steps_per_epoch=2,
+                           weight_decay=0.05, weight_decay_end=0.2)
+        torch.manual_seed(1)
+        for step in range(6):
+            sched.apply(step)
+            opt.zero_grad(set_to_none=True)
+            model(batch)["loss"].backward()
+            opt.step()
+            model.after_step(step, 6)
+    a, b = method.state_dict(), twin.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(not torch.equal(a[k], init[k]) for k in a) > len(a) // 2  # the steps did move the weights
+
+
 # ------------------------------------------------------------------ settings
 def test_presets_and_resolution_order(tmp_path):
     paper = resolve_pretrain_settings("mamp", "paper", "ntu120")

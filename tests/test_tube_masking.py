@@ -73,3 +73,19 @@ def test_half_of_global_views_masked() -> None:
     r = global_view_ratios(16, 0.5, generator=torch.Generator().manual_seed(4))
     assert int((r > 0).sum()) == 8
     assert bool(((r == 0) | ((r >= 0.5) & (r <= 0.9))).all())
+
+
+def test_masks_of_a_fixed_seed_are_the_recorded_ones() -> None:
+    """The numpy bookkeeping (since 2026-12-06) reproduces the torch implementation before it draw for
+    draw: this seed's masks and tubes were recorded from that version, so a training run and its resume
+    see the same masks as before."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(7)
+    ratios = torch.tensor([0.0, 0.5, 0.62, 0.9, 0.75, 0.55, 0.81, 0.3])
+    mask, tubes = semantic_tube_masking(ratios, 8, 4, 40, 10, generator=g, return_tubes=True)
+    assert mask.dtype == torch.bool and mask.shape == (8, 8 * V)
+    assert mask.sum(1).tolist() == [0, 100, 124, 180, 150, 110, 162, 60]
+    assert hashlib.sha256(mask.numpy().tobytes()).hexdigest()[:16] == "80f64d1416bc13e7"
+    assert [(t.part, t.c0, t.w, t.t0, t.h) for t in tubes[1]][:4] == [
+        ("right_arm", 3, 2, 0, 8), ("right_leg", 0, 2, 0, 8), ("trunk", 0, 5, 5, 2), ("right_arm", 1, 5, 0, 3)]

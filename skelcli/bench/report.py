@@ -117,8 +117,29 @@ def compute_ratios(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def count_benchmark_flops(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
+    """The FLOPs part of :func:`run_benchmark` on its own: method name -> ``measure_flops`` entry.
+
+    FLOPs do not depend on timing or load, so a caller may count them while other work keeps the
+    machine busy (``skel demo`` does it beside its pretraining jobs) and hand them to
+    ``run_benchmark(..., flops=...)``, which then times only."""
+    device = resolve_device(cfg.device)
+    _, registered = method_registry()
+    out: dict[str, dict[str, Any]] = {}
+    for name in cfg.methods:
+        if name in registered:
+            method, _ = build_method(name, cfg.preset, cfg.dataset, device)
+            log(f"{name}: counting FLOPs")
+            out[name] = measure_flops(method, device)
+    return out
+
+
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None,
+                  flops: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Measure everything ``cfg`` asks for and return the versioned report dict.
+
+    ``flops``: per-method FLOPs counted beforehand (:func:`count_benchmark_flops` with the same
+    methods, preset and dataset); those methods are not counted again.
 
     Every method is built (and its FLOPs counted) first; then the training steps of all methods and
     of the baseline are timed round-robin (:func:`~skelcli.bench.throughput.run_round_robin`), then
@@ -148,7 +169,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
             entry.update(status="ok", note="", params=count_parameters(method),
                          encoder_params=count_parameters(method.downstream_encoder()),
                          input_frames=enc.num_frames, tokens=enc.num_tokens)
-            if cfg.flops:
+            if flops is not None and name in flops:
+                entry["flops"] = flops[name]
+            elif cfg.flops:
                 log(f"{name}: counting FLOPs")
                 entry["flops"] = measure_flops(method, device)
             train_tasks[name] = training_task(method, settings, cfg, device, key=name)

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from skelcli.engine.dist import autocast_context, resolve_device  # noqa: F401 (resolve_device re-exported for report.py)
+from skelcli.engine.schedule import adamw
 from skelcli.errors import SkelError
 
 
@@ -253,7 +254,7 @@ def synthetic_batch(n: int, frames: int, device: torch.device, seed: int = 0, nu
 def make_optimizer(method, settings) -> torch.optim.Optimizer:
     """AdamW over the method's parameter groups with the resolved recipe (lr, betas, weight decay)."""
     optim = settings.optim
-    return torch.optim.AdamW(method.param_groups(optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas))
+    return adamw(method.param_groups(optim.weight_decay), optim.lr, optim.betas)
 
 
 def train_step_fn(method, optimizer, batch, device: torch.device, precision: str, forward=None,

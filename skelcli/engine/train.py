@@ -51,7 +51,7 @@ from skelcli.engine.config import PretrainSettings, check_encoder_fits
 from skelcli.engine.dist import autocast_context, resolve_device, resolve_precision
 from skelcli.engine.rng import rng_state, seed_everything, set_rng_state
 from skelcli.engine.rundir import RunDir, StopSignal, open_run
-from skelcli.engine.schedule import LRSchedule
+from skelcli.engine.schedule import LRSchedule, adamw
 from skelcli.errors import SkelError
 from skelcli.settings import to_jsonable
 
@@ -352,7 +352,7 @@ class _PretrainLoop:
         self.method.data_settings = cfg.data
         if hasattr(self.method, "run_epochs"):  # methods that turn step/total_steps into epochs (SLiM temperatures)
             self.method.run_epochs = cfg.optim.epochs
-        self.optimizer = torch.optim.AdamW(self.method.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.optimizer = adamw(self.method.param_groups(cfg.optim.weight_decay), cfg.optim.lr, cfg.optim.betas)
         self.schedule = LRSchedule(
             self.optimizer, lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs,
             epochs=cfg.optim.epochs, steps_per_epoch=self.steps_per_epoch, weight_decay=cfg.optim.weight_decay,

@@ -292,7 +292,7 @@ def finetune_once(
     from skelcli.data.clips import train_view
     from skelcli.engine.dist import (all_gather_objects, any_rank, barrier, context_of_group, init_distributed, quiet_non_main,
                                      resolve_precision)
-    from skelcli.engine.schedule import LRSchedule
+    from skelcli.engine.schedule import LRSchedule, adamw
     from skelcli.eval.features import resolve_device
     from skelcli.eval.heads import FinetuneModel, finetune_param_groups, head_config_for, slim_head_config
     from skelcli.eval.report import classification_metrics
@@ -355,7 +355,7 @@ def finetune_once(
         precision = resolve_precision(s.precision, dev, FINETUNE_RECIPE_PRECISION)
         amp = lambda: _autocast(dev, s.precision)  # noqa: E731
         layer_decay = 1.0 if encoder_state is None else r.layer_decay
-        opt = torch.optim.AdamW(finetune_param_groups(model, r.weight_decay, layer_decay), lr=r.lr, betas=r.betas)
+        opt = adamw(finetune_param_groups(model, r.weight_decay, layer_decay), r.lr, r.betas)
         batch_size = min(r.batch_size, n)
         steps_per_epoch = max(1, n // batch_size)  # drop_last, as the reference loaders
         total_steps = r.epochs * steps_per_epoch

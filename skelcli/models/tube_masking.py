@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from skelcli.topology import NTU25, Topology
@@ -51,7 +52,7 @@ def _subchain_table(topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor,
 
 
 @lru_cache(maxsize=16)
-def _row_offsets(topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_offsets(topo: Topology = NTU25) -> tuple[np.ndarray, np.ndarray]:
     """Part sizes (P,) and the first table row of each (part, w) as a (P, max size) table."""
     sizes = [len(c) for _, c in topo.parts]
     offsets, base = [], 0
@@ -61,17 +62,25 @@ def _row_offsets(topo: Topology = NTU25) -> tuple[torch.Tensor, torch.Tensor]:
             per_w.append(per_w[-1] + n - w + 1)  # a part's rows are grouped by w, n - w + 1 per w
         offsets.append([base + o for o in per_w] + [0] * (max(sizes) - n))
         base += n * (n + 1) // 2
-    return torch.tensor(sizes), torch.tensor(offsets)
+    return np.array(sizes, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
-def _subchain_index(u_part: torch.Tensor, u_w: torch.Tensor, u_c0: torch.Tensor, topo: Topology = NTU25) -> torch.Tensor:
-    """Map uniforms to a table row: part uniform, w ~ U{1..|part|}, start uniform."""
-    sizes, offsets_t = _row_offsets(topo)
-    part = torch.floor(u_part * len(sizes)).long().clamp(max=len(sizes) - 1)
+def _floor_long(x: np.ndarray) -> np.ndarray:
+    return np.floor(x).astype(np.int64)
+
+
+def _subchain_index(u_part: np.ndarray, u_w: np.ndarray, u_c0: np.ndarray, topo: Topology = NTU25) -> np.ndarray:
+    """Map float32 uniforms to a table row: part uniform, w ~ U{1..|part|}, start uniform.
+
+    Every product is taken in float32 (as torch promotes a float32 tensor times an int64 one), so the
+    rows are those of the float32 arithmetic whatever numpy's promotion rules."""
+    sizes, offsets = _row_offsets(topo)
+    f32 = np.float32
+    part = np.minimum(_floor_long(u_part * f32(len(sizes))), len(sizes) - 1)
     n = sizes[part]
-    w = (torch.floor(u_w * n).long() + 1).clamp(max=n)
-    c0 = torch.floor(u_c0 * (n - w + 1)).long().clamp(max=n - w)
-    return offsets_t[part, w - 1] + c0
+    w = np.minimum(_floor_long(u_w * n.astype(f32)) + 1, n)
+    c0 = np.minimum(_floor_long(u_c0 * (n - w + 1).astype(f32)), n - w)
+    return offsets[part, w - 1] + c0
 
 
 def semantic_tube_masking(
@@ -92,35 +101,42 @@ def semantic_tube_masking(
     uniform start segment; accept when it masks >= 1 new cell and the new cells fit the remaining
     budget, else retry (up to ``max_tries`` failures in a row end the view).
 
+    The uniforms come from ``torch.rand`` (``generator`` or torch's global stream), (k, 5) per round
+    for the k views still active; the bookkeeping runs in float32 / int64 numpy on the CPU, where a
+    round of tiny array operations costs a fraction of the same in torch (SLiM's masks were 28 % of a
+    small-preset training step).
+
     Returns the (B, n_t * V) bool mask (time-major), and with ``return_tubes`` also the accepted
-    tubes per view. Runs on the CPU.
+    tubes per view.
     """
     v = topo.num_joints
-    ratios = ratios.detach().float().cpu()
-    b = ratios.shape[0]
-    budget = (ratios * (n_t * v)).long()  # int(N * ratio)
-    remaining = budget.clone()
-    fails = torch.zeros(b, dtype=torch.long)
-    mask = torch.zeros(b, n_t, v, dtype=torch.bool)
-    chains, widths, names = _subchain_table(topo)
+    ratios_np = ratios.detach().float().cpu().numpy()
+    b = ratios_np.shape[0]
+    budget = (torch.from_numpy(ratios_np) * (n_t * v)).long().numpy()  # int(N * ratio), torch's float32 product
+    remaining = budget.copy()
+    fails = np.zeros(b, dtype=np.int64)
+    mask = np.zeros((b, n_t, v), dtype=bool)
+    chains_t, widths_t, names = _subchain_table(topo)
+    chains, widths = chains_t.numpy(), widths_t.numpy()
     tubes: list[list[Tube]] = [[] for _ in range(b)]
-    seg = torch.arange(n_t)
+    seg = np.arange(n_t)
+    f32 = np.float32
     active = remaining > 0
-    while bool(active.any()):
-        idx = active.nonzero().squeeze(1)
+    while active.any():
+        idx = np.flatnonzero(active)
         k = idx.shape[0]
-        u = torch.rand(k, 5, generator=generator)
+        u = torch.rand(k, 5, generator=generator).numpy()
         row = _subchain_index(u[:, 0], u[:, 1], u[:, 2], topo)
         w = widths[row]
         rem = remaining[idx]
-        hi = torch.clamp(rem, max=max_patches).float()
-        lo = torch.minimum(torch.full_like(hi, float(min_patches)), hi)
+        hi = np.minimum(rem, max_patches).astype(f32)
+        lo = np.minimum(f32(min_patches), hi)
         area = lo + u[:, 3] * (hi - lo)
-        h = torch.round(area / w.float()).long().clamp(1, n_t)
-        t0 = torch.floor(u[:, 4] * (n_t - h + 1).float()).long().clamp(max=n_t - h)
+        h = np.clip(np.rint(area / w.astype(f32)).astype(np.int64), 1, n_t)
+        t0 = np.minimum(_floor_long(u[:, 4] * (n_t - h + 1).astype(f32)), n_t - h)
         span = (seg[None, :] >= t0[:, None]) & (seg[None, :] < (t0 + h)[:, None])  # (k, n_t)
         cells = span[:, :, None] & chains[row][:, None, :]  # (k, n_t, V)
-        new = (cells & ~mask[idx]).flatten(1).sum(1)
+        new = (cells & ~mask[idx]).reshape(k, -1).sum(1)
         ok = (new >= 1) & (new <= rem)
         acc = idx[ok]
         mask[acc] |= cells[ok]
@@ -132,7 +148,7 @@ def semantic_tube_masking(
                 part, c0, ww = names[r]
                 tubes[i].append(Tube(part, c0, ww, t, hh))
         active = (remaining > 0) & (fails < max_tries)
-    flat = mask.reshape(b, n_t * v)
+    flat = torch.from_numpy(mask.reshape(b, n_t * v))
     return (flat, tubes) if return_tubes else flat
 
 
