@@ -112,3 +112,21 @@ def test_tiny_finetune_run_learns_and_reports():
     assert res["steps"] == 3 * (18 // 8)
     assert res["confusion"].sum() == len(test) and len(res["per_class"]) == 3
     assert "test_top1_at_val_best" in res and res["model"].encoder.config.drop_path == s.drop_path
+
+
+def test_evaluating_every_third_epoch_trains_the_very_same_model():
+    """--eval-every only skips test evaluations: the weights, the last evaluation and the loss stream
+    match an every-epoch run bit for bit; the history holds the evaluated epochs (and always the last)."""
+    cfg = EncoderConfig(num_frames=8, t_patch=4, dim=16, depth=1, heads=2)
+    train, test = toy_split(6, 3, 0), toy_split(3, 3, 1)
+    runs = {}
+    for every in (1, 3):
+        s = FinetuneSettings(epochs=4, batch_size=8, lr=2e-3, warmup_epochs=1, head_hidden=32, min_crop_frames=4, device="cpu",
+                             eval_batch_size=32, eval_every=every)
+        runs[every] = finetune_once(cfg, None, train, test, 3, s, seed=0)
+    assert [h["epoch"] for h in runs[1]["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in runs[3]["history"]] == [3, 4]
+    assert runs[3]["last_top1"] == runs[1]["last_top1"] and runs[3]["steps"] == runs[1]["steps"]
+    a, b = runs[1]["model"].state_dict(), runs[3]["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[3]["history"][-1]["test_top1"] == runs[1]["history"][-1]["test_top1"]

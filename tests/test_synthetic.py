@@ -96,9 +96,12 @@ def clean_ntu(tmp_path_factory) -> tuple[Path, object]:
 
 
 def test_determinism(tmp_path: Path) -> None:
+    """The same seed writes the same bytes, whether one process writes every file or two share them."""
     s = SynthSettings(**SMALL, seed=3)
-    a = synthesize("ntu60", tmp_path / "a", s)
-    b = synthesize("ntu60", tmp_path / "b", s)
+    a = synthesize("ntu60", tmp_path / "a", s, workers=1)
+    done: list[int] = []
+    b = synthesize("ntu60", tmp_path / "b", s, workers=2, progress=lambda i, n: done.append(i))
+    assert done == list(range(1, a.n_files + 1)) and (a.bytes, a.frames) == (b.bytes, b.frames)
     c = synthesize("ntu60", tmp_path / "c", s.model_copy(update={"seed": 4}))
     assert a.files == b.files == c.files and a.n_files == 3 * 2 * 3
     for f in a.files:

@@ -38,6 +38,8 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="mamp recipe: override the preset's epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's global batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="mamp recipe: override the preset's peak learning rate."),
+    eval_every: int = typer.Option(1, "--eval-every", min=1, help="mamp recipe: evaluate on the test split every N epochs (the recipe: "
+                                                                  "every epoch; the last is always evaluated; best = best evaluated)."),
     seed: int = typer.Option(0, "--seed"),
     subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="mamp recipe: keep one label subset for every repeat."),
     device: str = _device_opt,
@@ -71,7 +73,7 @@ def finetune(
     settings_over: dict[str, Any] = dict(FinetuneSettings.preset(preset))
     settings_over.update({"label_fraction": label_fraction, "balanced": balanced, "repeats": repeats, "from_scratch": from_scratch,
                           "val_fraction": val_fraction, "seed": seed, "subset_seed": subset_seed, "device": device,
-                          "subsets": subsets or "exact"})
+                          "subsets": subsets or "exact", "eval_every": eval_every})
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
         if value is not None:
             settings_over[key] = value
@@ -83,7 +85,8 @@ def finetune(
     slim_base: dict[str, Any] = dict(SLIM_SMALL) if preset == "small" else {}
     if batch_size is not None:
         slim_base["batch_size"] = batch_size
-    refused = [name for name, value in (("--epochs", epochs), ("--lr", lr), ("--subset-seed", subset_seed)) if value is not None]
+    refused = [name for name, value in (("--epochs", epochs), ("--lr", lr), ("--subset-seed", subset_seed),
+                                        ("--eval-every", eval_every if eval_every != 1 else None)) if value is not None]
     if recipe is None and from_scratch and checkpoint is None:
         recipe = "mamp"
     if recipe is not None:  # a bad --set / option mix fails before any work (else run_finetune checks it once the

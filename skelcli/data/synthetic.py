@@ -1040,12 +1040,14 @@ def synthesize(
     *,
     force: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
+    workers: Optional[int] = None,
 ) -> SynthReport:
     """Write a synthetic raw dataset to ``out`` and return what was written.
 
     NTU: ``out/SsssCcccPpppRrrrAaaa.skeleton``. PKU-MMD: ``out/skeleton/NNNN-V.txt``,
     ``out/label/NNNN-V.txt`` and the split files (spec F). Byte-identical for the same settings.
-    ``progress(done, total)`` is called after every file.
+    ``progress(done, total)`` is called after every file. NTU files are written by ``workers``
+    processes (None: :func:`synth_workers` decides), with the same bytes for any count.
     """
     if dataset not in DATASETS:
         raise SkelError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -1060,12 +1062,50 @@ def synthesize(
     if dataset.startswith("pku"):
         rep = _synthesize_pku(dataset, out, s, class_ids, progress)
     else:
-        rep = _synthesize_ntu(dataset, out, s, class_ids, progress)
+        rep = _synthesize_ntu(dataset, out, s, class_ids, progress, workers)
     rep.seconds = round(time.perf_counter() - t0, 3)
     return rep
 
 
-def _synthesize_ntu(dataset: str, out: Path, s: SynthSettings, class_ids: list[int], progress) -> SynthReport:
+def _ntu_performance_files(job: tuple) -> list[tuple[int, int]]:
+    """Write the camera files of one NTU performance (setup, subject, replication of one action);
+    returns (bytes, frames) per file. Each performance and each file draws from a generator of its own
+    ids, so the bytes do not depend on which process writes which performance."""
+    dataset, out, s, program, cams, (a, st, sub, r), files = job
+    rng = _performance_rng(s.seed, dataset, a, sub, st, r)
+    perf = make_performance(
+        program, sub, CAMERA_YAW_DEG[REPLICATION_FACING_CAMERA[r]], rng,
+        seed=s.seed, min_frames=s.min_frames, max_frames=s.max_frames, **_hard_placement(s.difficulty),
+    )
+    T = perf.joints.shape[0]
+    written = []
+    for c, name, kinds in files:
+        file_rng = np.random.default_rng([s.seed, 6, DATASETS.index(dataset), a, st, sub, r, c])
+        if "no_body" in kinds:
+            bodies: list[BodyTrack] = []
+        else:
+            tracks = _actor_tracks(perf, cams[c], file_rng, s)
+            bodies = _apply_faults(kinds, tracks, perf, cams[c], file_rng, T)
+        written.append((write_ntu_skeleton(out / f"{name}.skeleton", bodies, T), T))
+    return written
+
+
+#: Below this many files one process writes them all (a worker's start costs about half a second).
+PARALLEL_MIN_FILES = 96
+
+
+def synth_workers(n_files: int, workers: int | None) -> int:
+    """Processes for ``n_files``: ``workers`` if given, else up to 2 on a machine with 2+ cores when
+    there are at least PARALLEL_MIN_FILES files (formatting the text files is most of the time)."""
+    import os
+
+    if workers is not None:
+        return max(1, workers)
+    return min(2, os.cpu_count() or 1) if n_files >= PARALLEL_MIN_FILES else 1
+
+
+def _synthesize_ntu(dataset: str, out: Path, s: SynthSettings, class_ids: list[int], progress,
+                    workers: int | None = None) -> SynthReport:
     subjects = subject_ids(dataset, s.subjects)
     setups = setup_ids(dataset, s.setups)
     # Diagonal order: the first few combos already vary subject (xsub train / test), setup and replication.
@@ -1081,30 +1121,29 @@ def _synthesize_ntu(dataset: str, out: Path, s: SynthSettings, class_ids: list[i
     by_file = _assign_faults(names, s.faults, fault_rng)
     programs = {a: class_program(a, dataset, s.motion_seed, s.difficulty) for a in class_ids}
     cams = {st: setup_cameras(st, s.seed) for st in setups}
-    total_bytes = total_frames = 0
-    perf_cache: dict[tuple, Performance] = {}
-    for i, ((a, st, sub, r, c), name) in enumerate(zip(items, names)):
-        key = (a, st, sub, r)
-        if key not in perf_cache:
-            perf_cache.clear()
-            rng = _performance_rng(s.seed, dataset, a, sub, st, r)
-            perf_cache[key] = make_performance(
-                programs[a], sub, CAMERA_YAW_DEG[REPLICATION_FACING_CAMERA[r]], rng,
-                seed=s.seed, min_frames=s.min_frames, max_frames=s.max_frames, **_hard_placement(s.difficulty),
-            )
-        perf = perf_cache[key]
-        T = perf.joints.shape[0]
-        kinds = by_file[name]
-        file_rng = np.random.default_rng([s.seed, 6, DATASETS.index(dataset), a, st, sub, r, c])
-        if "no_body" in kinds:
-            bodies: list[BodyTrack] = []
-        else:
-            tracks = _actor_tracks(perf, cams[st][c], file_rng, s)
-            bodies = _apply_faults(kinds, tracks, perf, cams[st][c], file_rng, T)
-        total_bytes += write_ntu_skeleton(out / f"{name}.skeleton", bodies, T)
-        total_frames += T
-        if progress:
-            progress(i + 1, len(items))
+    performances: dict[tuple, list] = {}  # (a, st, sub, r) -> its camera files, in the file order
+    for (a, st, sub, r, c), name in zip(items, names):
+        performances.setdefault((a, st, sub, r), []).append((c, name, by_file[name]))
+    jobs = [(dataset, out, s, programs[key[0]], cams[key[1]], key, files) for key, files in performances.items()]
+    n_proc = synth_workers(len(items), workers)
+    total_bytes = total_frames = done = 0
+    if n_proc > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn")) as pool:
+            results = pool.map(_ntu_performance_files, jobs, chunksize=max(1, len(jobs) // (8 * n_proc)))
+            for written in results:
+                for size, frames in written:
+                    total_bytes, total_frames, done = total_bytes + size, total_frames + frames, done + 1
+                    if progress:
+                        progress(done, len(items))
+    else:
+        for job in jobs:
+            for size, frames in _ntu_performance_files(job):
+                total_bytes, total_frames, done = total_bytes + size, total_frames + frames, done + 1
+                if progress:
+                    progress(done, len(items))
     counts = {k: sum(k in v for v in by_file.values()) for k in FAULT_KINDS}
     return SynthReport(
         dataset=dataset, out=str(out), files=[f"{n}.skeleton" for n in names], n_files=len(names),

@@ -79,6 +79,8 @@ class FinetuneSettings(MampFinetuneRecipe):
         "auto", description="auto = fp32 on CPU and, following the MAMP fine-tuning recipe (no AMP), fp32 on CUDA too; bf16 autocast"
     )
     eval_batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(1, ge=1, description="mamp recipe: epochs between test evaluations (the recipe: 1); the last epoch is "
+                            "always evaluated, and best_top1 is the best of the evaluated epochs")
     subsets: Literal["exact", "official"] = Field(
         "exact", description="MAMP recipe label subsets: exact = a true label_fraction; official = the union of MAMP's per-rank draws")
     official_world_size: int = Field(2, ge=1, description="processes of the official MAMP semi-supervised runs (script_semi.sh)")
@@ -481,6 +483,11 @@ def finetune_once(
         if not slim:
             perm = None  # next epoch draws a new order
         done = step // steps_per_epoch if not slim else step
+        if not slim and done % s.eval_every and step < total_steps:  # an epoch without evaluation: checkpoint only
+            save()
+            if stopping():
+                return {"interrupted": stop.received or "SIGTERM", "epoch": done, "steps": step}
+            continue
         logits = evaluate(test)
         top1 = float((logits.argmax(1) == test.labels).mean())
         row: dict[str, Any] = {unit: done, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
@@ -527,7 +534,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 #: Settings that may change between a fine-tuning run and its resume.
-_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size"), ("finetune", "precision")}
+_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size"), ("finetune", "eval_every"), ("finetune", "precision")}
 
 
 def _repeat_dirs(out_dir: Path, repeats: int) -> list[Path]:
