@@ -212,6 +212,30 @@ def test_cli_tiny_benchmark_writes_the_versioned_json(tmp_path):
     assert "Paper ratios" in res.output and "Manifest" in res.output
 
 
+def test_flops_counted_beforehand_and_training_timed_for_some_methods_only():
+    """What skel demo does: FLOPs counted on their own (count_benchmark_flops) are taken as they are, and
+    only BenchConfig.train_methods get a timed training step; the tables show the others as not timed."""
+    import io
+
+    from rich.console import Console
+
+    from skelcli.bench.report import count_benchmark_flops, render, run_benchmark
+    from skelcli.bench.throughput import BenchConfig
+
+    cfg = BenchConfig(methods=["mae", "gfp"], device="cpu", preset="small", batch_size=2, repeats=1, warmup=0,
+                      train_methods=["gfp"])
+    flops = count_benchmark_flops(cfg)
+    assert set(flops) == {"mae", "gfp"} and flops["gfp"]["train_step_g"] > flops["gfp"]["train_forward_g"] > 0
+    rep = run_benchmark(cfg, flops=flops)
+    assert rep["methods"]["mae"]["flops"] is flops["mae"] and rep["methods"]["gfp"]["flops"] is flops["gfp"]
+    assert rep["methods"]["mae"]["train"] is None and rep["methods"]["gfp"]["train"]["samples_per_s"] > 0
+    assert rep["methods"]["mae"]["inference"]["throughput"]["samples_per_s"] > 0
+    buf = io.StringIO()
+    render(rep, Console(file=buf, width=200))
+    row = next(line for line in buf.getvalue().splitlines() if line.strip("│┃ ").startswith("mae") and "not timed" in line)
+    assert row
+
+
 def test_every_json_key_is_documented():
     text = DOCS.read_text()
     documented = set(re.findall(r"`([a-z_0-9]+)`", text))

@@ -174,7 +174,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None,
             elif cfg.flops:
                 log(f"{name}: counting FLOPs")
                 entry["flops"] = measure_flops(method, device)
-            train_tasks[name] = training_task(method, settings, cfg, device, key=name)
+            if cfg.train_methods is None or name in cfg.train_methods:
+                train_tasks[name] = training_task(method, settings, cfg, device, key=name)
             built[name] = method
         except SkelError:
             raise
@@ -303,6 +304,9 @@ def _render_methods(report: dict[str, Any], methods: dict[str, Any], console) ->
             t.add_row(name, "-", "-", "-", "-", "-", f"{m['status']}: {m['note']}"[:60])
             continue
         tr = m["train"]
+        if tr is None:  # BenchConfig.train_methods left it out
+            t.add_row(name, _f(m["params"] / 1e6), "-", "-", "-", "-", "not timed")
+            continue
         t.add_row(name, _f(m["params"] / 1e6), str(tr["batch_size"]), _f(tr["ms_per_step"]["median_ms"], "{:.1f}"),
                   _f(tr["ms_per_step"]["iqr_ms"], "{:.1f}"), _f(tr["samples_per_s"]), _f(tr["peak_memory_mb"], "{:.0f}"))
     console.print(t)
@@ -401,7 +405,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ok = {n: m for n, m in report["methods"].items() if m["status"] == "ok"}
     names = list(ok)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    axes[0].bar(names, [ok[n]["train"]["samples_per_s"] for n in names], color="tab:blue")
+    axes[0].bar(names, [_get(ok[n], "train", "samples_per_s") or 0 for n in names], color="tab:blue")
     axes[0].set_title("training samples/s")
     axes[1].bar(names, [ok[n]["inference"]["throughput"]["samples_per_s"] for n in names], color="tab:green")
     axes[1].set_title("inference samples/s")

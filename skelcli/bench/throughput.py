@@ -295,6 +295,7 @@ class BenchConfig:
     preset: str = "paper"
     dataset: str = "ntu60"
     flops: bool = True
+    train_methods: list[str] | None = None  # methods whose training step is timed (None: every method)
     baseline_impl: str | None = None  # deprecated spelling: "reference" = baseline "eager"
     baseline: str | None = None  # None, "eager" or "official" (skel benchmark --baseline)
     official_src: str | None = None  # root of a maoyunyao/MAMP checkout, for baseline "official"
