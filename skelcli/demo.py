@@ -58,12 +58,11 @@ def default_parallel() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-#: Seconds each method's small-preset job took on a 2-core Xeon (docs/benchmarks.md, "The demo"): the
-#: jobs start longest first so that two workers finish together. SLiM's is twice its 12-epoch 75 s since the
-#: small preset runs 24 epochs (an estimate: on the AMD EPYC, 2026-12-03, its demo job took 219 s of pretraining
-#: against GFP's 192 s).
-EXPECTED_SECONDS = {"gfp": 152, "slim": 150, "mae": 83, "mamp": 78, "benchmark-flops": 20}
-#: The pool job that counts the quick benchmark's FLOPs (22 s on one AMD EPYC thread, 2026-12-06).
+#: Seconds each pool job took in `make demo` on a 2-core AMD EPYC VM (2026-12-06, docs/benchmarks.md "The
+#: demo"): pretraining and probes per method, and the quick benchmark's FLOPs count. The jobs start longest
+#: first, so that the two workers finish together (gfp + mamp on one, slim + mae + the FLOPs on the other).
+EXPECTED_SECONDS = {"gfp": 187, "slim": 161, "mae": 112, "mamp": 109, "benchmark-flops": 27}
+#: The pool job that counts the quick benchmark's FLOPs.
 FLOPS_JOB = "benchmark-flops"
 
 # A worker's way to print: the parent's log in-process, a queue back to the parent in a pool worker.

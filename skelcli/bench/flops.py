@@ -57,6 +57,7 @@ class FlopReport:
     by_module: dict[str, int] = field(default_factory=dict)
     samples: int = 1
     root: str | None = None
+    then_total: int | None = None  # FLOPs of the call and of its ``then`` together (count_flops)
 
     def per_sample_g(self, flops: int | None = None) -> float:
         """GFLOPs per sample of ``flops`` (default: the total)."""
@@ -92,22 +93,29 @@ def categorize(child: str) -> str:
     return "other"
 
 
-def count_flops(fn: Callable[[], object], *, by_module: bool = True, samples: int = 1) -> FlopReport:
+def count_flops(fn: Callable[[], object], *, by_module: bool = True, samples: int = 1,
+                then: Callable[[object], object] | None = None) -> FlopReport:
     """Run ``fn()`` under FlopCounterMode with the MATH SDPA backend and return its FLOPs.
 
     ``fn`` may run a forward and (optionally) a backward; the per-module breakdown is only
     meaningful for forward-only calls (module docstring). ``samples`` is the number of samples in
-    the batch ``fn`` processes (for per-sample figures).
+    the batch ``fn`` processes (for per-sample figures). ``then(fn's result)``, if given, runs in the
+    same count after the report of ``fn`` is taken (a backward after its forward, without a second
+    forward pass): the report covers ``fn`` alone and ``then_total`` both.
     """
     with sdpa_kernel(SDPBackend.MATH):
         counter = FlopCounterMode(display=False, depth=None)
         with counter:
-            fn()
-    total = int(counter.get_total_flops())
+            result = fn()
+            total = int(counter.get_total_flops())
+            flop_counts = counter.get_flop_counts() if by_module else {}
+            if then is not None:
+                then(result)
+        then_total = int(counter.get_total_flops()) if then is not None else None
     modules: dict[str, int] = {}
     root = None
     if by_module:
-        counts = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items() if name != "Global"}
+        counts = {name: int(sum(ops.values())) for name, ops in flop_counts.items() if name != "Global"}
         roots = [n for n in counts if "." not in n]
         if roots:
             root = max(roots, key=lambda n: counts[n])
@@ -127,7 +135,7 @@ def count_flops(fn: Callable[[], object], *, by_module: bool = True, samples: in
                 modules["(outside modules)"] = outside
         elif total:
             modules["(outside modules)"] = total
-    return FlopReport(total=total, by_module=modules, samples=samples, root=root)
+    return FlopReport(total=total, by_module=modules, samples=samples, root=root, then_total=then_total)
 
 
 def block_flops(tokens: int, dim: int, mlp_hidden: int, ffn: str = "gelu") -> int:

@@ -413,7 +413,8 @@ def measure_flops(method, device: torch.device, samples: int = 2, fwd_bwd: bool 
 
     method.train()
     batch = synthetic_batch(samples, max(method.encoder.config.num_frames, 128), device, seed=1)
-    fwd = count_flops(lambda: method(batch), samples=samples)
+    fwd = count_flops(lambda: method(batch), samples=samples,
+                      then=(lambda out: out["loss"].backward()) if fwd_bwd else None)  # one pass: forward, then backward
     cats = fwd.by_category()
     out: dict[str, Any] = {
         "train_forward_g": fwd.per_sample_g(),
@@ -424,10 +425,7 @@ def measure_flops(method, device: torch.device, samples: int = 2, fwd_bwd: bool 
         "paper_g": PAPER_GFLOPS.get(method.name, {}),
     }
     if fwd_bwd:
-        def step() -> None:
-            method(batch)["loss"].backward()
-
-        out["train_step_g"] = count_flops(step, by_module=False, samples=samples).per_sample_g()
+        out["train_step_g"] = fwd.per_sample_g(fwd.then_total)
         method.zero_grad(set_to_none=True)
     encoder = method.downstream_encoder().eval()
     ecfg = encoder.config
