@@ -66,10 +66,10 @@ def medium_data(root):
     return h5
 
 
-def pretrain_small(h5, method: str, out):
-    """`skel pretrain --preset small --seed 0`; returns the path of last.pt."""
+def pretrain_small(h5, method: str, out, epochs: int | None = None):
+    """`skel pretrain --preset small --seed 0` (``--epochs`` if given); returns the path of last.pt."""
     cli_ok(["pretrain", "--method", method, "--preset", "small", "--data", str(h5), "--split", "xsub", "--device", "cpu",
-            "--seed", "0", "--out", str(out), "--no-progress"])
+            "--seed", "0", "--out", str(out), "--no-progress", *(["--epochs", str(epochs)] if epochs else [])])
     return out / "last.pt"
 
 
