@@ -80,3 +80,17 @@ def test_log_width_comes_from_skel_width_and_a_bad_value_falls_back(tmp_path):
             env["SKEL_WIDTH"] = value
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert r.stdout.strip() == width and not r.stderr
+
+
+def test_the_benchmark_flops_job_runs_in_the_job_pool():
+    """The demo counts the quick benchmark's FLOPs as one more job of its pool (here in-process, at the
+    small preset): the entry carries measure_flops' numbers for every method it names."""
+    from skelcli.demo import FLOPS_JOB, _run_jobs
+
+    lines: list[str] = []
+    bench = {"methods": ["mae", "gfp"], "device": "cpu", "preset": "small", "batch_size": 2, "repeats": 1, "warmup": 0}
+    out = _run_jobs([{"name": FLOPS_JOB, "kind": "flops", "bench": bench}], 2, lines.append)
+    flops = out[FLOPS_JOB]["flops"]
+    assert set(flops) == {"mae", "gfp"}
+    assert all(f["train_step_g"] > f["train_forward_g"] > 0 and f["inference_g"] > 0 for f in flops.values())
+    assert any("counted in" in line for line in lines)

@@ -1127,20 +1127,15 @@ def _synthesize_ntu(dataset: str, out: Path, s: SynthSettings, class_ids: list[i
     jobs = [(dataset, out, s, programs[key[0]], cams[key[1]], key, files) for key, files in performances.items()]
     n_proc = synth_workers(len(items), workers)
     total_bytes = total_frames = done = 0
-    if n_proc > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
 
-        with ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn")) as pool:
-            results = pool.map(_ntu_performance_files, jobs, chunksize=max(1, len(jobs) // (8 * n_proc)))
-            for written in results:
-                for size, frames in written:
-                    total_bytes, total_frames, done = total_bytes + size, total_frames + frames, done + 1
-                    if progress:
-                        progress(done, len(items))
-    else:
-        for job in jobs:
-            for size, frames in _ntu_performance_files(job):
+    with ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn")) if n_proc > 1 else nullcontext() as pool:
+        results = (pool.map(_ntu_performance_files, jobs, chunksize=max(1, len(jobs) // (8 * n_proc))) if pool
+                   else map(_ntu_performance_files, jobs))
+        for written in results:  # in job order, so progress counts files as they are done
+            for size, frames in written:
                 total_bytes, total_frames, done = total_bytes + size, total_frames + frames, done + 1
                 if progress:
                     progress(done, len(items))
