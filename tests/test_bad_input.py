@@ -208,6 +208,8 @@ def test_bad_toml_section(files, tmp_path):
     (["probe", "--head", "sgd", "--head-batch-size", "1"], ["--head-batch-size must be >= 2"]),
     (["finetune", "--preset", "small", "--batch-size", "0"], ["batch_size"]),
     (["finetune", "--preset", "small", "--lr", "nan"], ["lr", "finite"]),
+    (["finetune", "--preset", "small", "--eval-every", "0"], ["eval_every", "greater than or equal to 1"]),
+    (["finetune", "--recipe", "slim", "--eval-every", "3"], ["recipe slim (finetune) has no --eval-every"]),
 ])
 def test_bad_options_fail_before_any_work(files, tmp_path, args, words):
     cache = files["ckpt"].parent / ".features"

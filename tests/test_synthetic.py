@@ -402,3 +402,17 @@ def test_cli_synth(tmp_path: Path) -> None:
     assert CliRunner().invoke(app, args + ["--force"]).exit_code == 0
     bad = CliRunner().invoke(app, ["synth", "ntu61", "--out", str(tmp_path / "y")])
     assert bad.exit_code != 0 and "unknown dataset" in bad.output
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_cli_synth_bad_workers_is_one_line_and_writes_nothing(tmp_path: Path, workers: str) -> None:
+    """`skel synth --workers 0` fails in one line before any file is written; an existing folder keeps its files."""
+    from helpers import assert_one_line_error, run_cli
+
+    out = tmp_path / "raw"
+    assert_one_line_error(run_cli("synth", "ntu60", "--out", out, "--workers", workers), f"--workers must be >= 1, got {workers}")
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.skeleton").write_text("x")
+    assert_one_line_error(run_cli("synth", "ntu60", "--out", out, "--force", "--workers", workers), "--workers must be >= 1")
+    assert [p.name for p in out.iterdir()] == ["keep.skeleton"] and (out / "keep.skeleton").read_text() == "x"

@@ -38,7 +38,7 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="mamp recipe: override the preset's epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's global batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="mamp recipe: override the preset's peak learning rate."),
-    eval_every: int = typer.Option(1, "--eval-every", min=1, help="mamp recipe: evaluate on the test split every N epochs (the recipe: "
+    eval_every: int = typer.Option(1, "--eval-every", help="mamp recipe: evaluate on the test split every N epochs (the recipe: "
                                                                   "every epoch; the last is always evaluated; best = best evaluated)."),
     seed: int = typer.Option(0, "--seed"),
     subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="mamp recipe: keep one label subset for every repeat."),

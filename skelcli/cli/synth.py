@@ -36,7 +36,7 @@ def synth(
         None, "--topology", help="Formats: joint layout of the procedural clips (built-in name or .toml; default: the format's own)."),
     per_class: int = typer.Option(8, "--per-class", help="Formats: clips per class."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="NTU: processes writing the files (default: 2 on a 2+ core machine for 96+ files; same bytes)."),
+        None, "--workers", help="NTU: processes writing the files (default: 2 on a 2+ core machine for 96+ files; same bytes)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
 ) -> None:
     """Write a synthetic raw dataset in the exact NTU / PKU-MMD text formats.

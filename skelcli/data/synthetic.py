@@ -1051,6 +1051,8 @@ def synthesize(
     """
     if dataset not in DATASETS:
         raise SkelError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if workers is not None and workers < 1:
+        raise SkelError(f"--workers must be >= 1, got {workers}")
     s = settings or SynthSettings()
     out = Path(out)
     class_ids = sorted(set(s.class_ids)) if s.class_ids else default_class_ids(dataset, s.classes, s.difficulty)
@@ -1100,7 +1102,7 @@ def synth_workers(n_files: int, workers: int | None) -> int:
     import os
 
     if workers is not None:
-        return max(1, workers)
+        return workers
     return min(2, os.cpu_count() or 1) if n_files >= PARALLEL_MIN_FILES else 1
 
 
