@@ -75,12 +75,16 @@ def medium_mamp_checkpoint(medium_h5) -> Path:
     return ckpt
 
 
-#: Tests that take 35-175 s each (a small-preset pretraining on the demo's data), in the order they start,
-#: longest first (AMD EPYC, 2026-12-06: MAMP 148 with its checkpoint, GFP 173, SLiM 150, MAE 60, fine-tuning
-#: 35 s): the MAMP gain test builds the shared MAMP checkpoint while the GFP one runs; the fine-tuning test,
-#: which reuses that checkpoint, comes last, so that no worker waits for the other's checkpoint.
+#: Tests that take 35-175 s each (a small-preset pretraining on the demo's data, and the shortened demo), in
+#: the order they start, which pytest-xdist deals out to the two workers in turn (CPU seconds in one `make test`
+#: on an AMD EPYC, 2026-12-06: MAMP 125 with the data and its checkpoint, GFP 154, SLiM 144, MAE 60, fine-tuning
+#: 25, the demo 23).
+#: The MAMP gain test builds the demo's data and the shared MAMP checkpoint on one worker while the demo test,
+#: which needs neither, runs on the other (started with a gain test, that worker waited 20 s for the data);
+#: the fine-tuning test, which reuses the checkpoint, comes last, so that no worker waits for the other's.
 HEAVY_TESTS = (
     "test_pretraining_gain.py::test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_demo.py::test_demo_runs_the_chain_side_by_side_and_writes_its_summary",
     "test_pretraining_gain_gfp.py::test_gfp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain_slim.py::test_slim_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain_mae.py::test_mae_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",

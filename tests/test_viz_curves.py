@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import distinct_colours
 from typer.testing import CliRunner
 
 pytest.importorskip("matplotlib")
@@ -86,8 +87,7 @@ def _check_png(path: Path, size: list[int]) -> np.ndarray:
     assert img.shape[1] == size[0] and img.shape[0] == size[1], (img.shape, size)
     rgb = img[..., :3]
     assert rgb.std() > 0.03
-    colours = np.unique((rgb.reshape(-1, 3) * 255).round().astype(np.uint8), axis=0)
-    assert len(colours) > 20
+    assert distinct_colours(img) > 20
     return img
 
 

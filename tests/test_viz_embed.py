@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import distinct_colours
 from typer.testing import CliRunner
 
 from skelcli.cli import app
@@ -42,7 +43,7 @@ def assert_picture(path: Path, size: tuple[int, int] | None = None, min_side: in
     assert min(h, w) >= min_side
     rgb = img[..., :3]
     assert rgb.var() > 1e-3
-    assert len(np.unique((rgb.reshape(-1, 3) * 255).round().astype(np.uint8), axis=0)) > 20
+    assert distinct_colours(img) > 20
     return img
 
 

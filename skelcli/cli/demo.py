@@ -16,6 +16,9 @@ def demo(
     methods: str = typer.Option("mae,mamp,gfp,slim", "--methods", help="Comma-separated pretraining methods."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Pretraining epochs per method (default: the small preset's)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, training and probes."),
+    classes: int = typer.Option(
+        16, "--classes", help="Synthetic action classes: 48 clips each. The gains in docs/benchmarks.md are measured at 16; fewer for a quicker look."
+    ),
     no_benchmark: bool = typer.Option(False, "--no-benchmark", help="Skip the closing quick benchmark."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or progress lines."),
     parallel: Optional[int] = typer.Option(
@@ -25,7 +28,7 @@ def demo(
     """Synthesize NTU60-format data, prepare it, pretrain every method (small preset), probe, compare, benchmark.
 
     Example:  skel demo --out demo_out
-              skel demo --methods mamp,gfp --epochs 5 --no-benchmark
+              skel demo --methods mamp,gfp --epochs 5 --classes 4 --no-benchmark
     """
     from rich.markup import escape
     from rich.table import Table
@@ -33,8 +36,8 @@ def demo(
     from skelcli.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
-        methods=[m.strip() for m in methods.split(",") if m.strip()], epochs=epochs, seed=seed, benchmark=not no_benchmark,
-        parallel=parallel,
+        methods=[m.strip() for m in methods.split(",") if m.strip()], epochs=epochs, seed=seed, classes=classes,
+        benchmark=not no_benchmark, parallel=parallel,
     )
     summary = run_demo(out, settings, log=console.print, progress=not quiet)
 
