@@ -88,11 +88,12 @@ FAST_RECIPES = {"linear": "sklearn", "knn": "skel"}
 
 def probe_vs_random(h5, ckpt, tmp_path) -> dict[str, tuple[float, float]]:
     """`skel probe` linear and kNN top-1 of the checkpoint's encoder and of a random encoder of the
-    same shape: {"linear": (trained, random), "knn": (trained, random)}."""
+    same shape: {"linear": (trained, random), "knn": (trained, random)}. The kNN probes read the features
+    that the linear ones extracted (the feature cache next to the checkpoint, keyed by the encoder's weights)."""
     out = {}
     for proto in ("linear", "knn"):
         common = ["probe", "--checkpoint", str(ckpt), "--data", str(h5), "--split", "xsub", "--protocol", proto,
-                  "--recipe", FAST_RECIPES[proto], "--device", "cpu", "--no-cache"]
+                  "--recipe", FAST_RECIPES[proto], "--device", "cpu"]
         out[proto] = (json_top1([*common, "--out", str(tmp_path / f"{proto}-trained")], tmp_path / f"{proto}-trained.json"),
                       json_top1([*common, "--random-init", "--out", str(tmp_path / f"{proto}-random")], tmp_path / f"{proto}-random.json"))
     return out
