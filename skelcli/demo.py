@@ -25,7 +25,7 @@ class DemoSettings(StrictModel):
     # 768 clips of 16 classes with per-sample nuisance (speed, amplitude, facing, distractor moves):
     # the set on which every method's small preset beats a random encoder of its shape (docs/benchmarks.md).
     difficulty: str = "medium"
-    classes: int = Field(16, ge=2)
+    classes: int = Field(16, ge=2, le=60, description="NTU60 action classes to synthesize (48 clips each)")
     subjects: int = Field(4, ge=2)
     setups: int = Field(2, ge=1)
     epochs: int | None = Field(None, ge=1, description="pretraining epochs (None: the small preset's)")

@@ -56,9 +56,11 @@ def test_verdict_words():
 
 
 def test_bad_demo_values_are_one_line_errors_that_touch_nothing(tmp_path):
-    """--parallel 0 / --epochs 0 / --classes 1 fail at parse time naming the field, before anything is written."""
+    """--parallel 0 / --epochs 0 / --classes 1 or 61 (NTU60 has 60) fail at parse time naming the field, before
+    anything is written."""
     out = tmp_path / "demo"
-    for flag, field, value in (("--parallel", "parallel", "0"), ("--epochs", "epochs", "0"), ("--classes", "classes", "1")):
+    for flag, field, value in (("--parallel", "parallel", "0"), ("--epochs", "epochs", "0"), ("--classes", "classes", "1"),
+                               ("--classes", "classes", "61")):
         r = CliRunner().invoke(app, ["demo", "--out", str(out), flag, value])
         assert r.exit_code == 2, r.output
         assert "Traceback" not in r.output and f"invalid settings: {field}:" in r.output
