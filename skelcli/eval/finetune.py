@@ -483,29 +483,26 @@ def finetune_once(
         if not slim:
             perm = None  # next epoch draws a new order
         done = step // steps_per_epoch if not slim else step
-        if not slim and done % s.eval_every and step < total_steps:  # an epoch without evaluation: checkpoint only
-            save()
-            if stopping():
-                return {"interrupted": stop.received or "SIGTERM", "epoch": done, "steps": step}
-            continue
-        logits = evaluate(test)
-        top1 = float((logits.argmax(1) == test.labels).mean())
-        row: dict[str, Any] = {unit: done, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
-        losses = []
-        st["last_logits"] = torch.from_numpy(logits)
-        if top1 > st["best_top1"]:
-            st.update(best_logits=st["last_logits"], best_top1=top1, best_epoch=done)
-        if val is not None and len(val):
-            vl = evaluate(val)
-            row["val_top1"] = float((vl.argmax(1) == val.labels).mean())
-            if row["val_top1"] > st["sel_val"]:
-                st.update(sel_val=row["val_top1"], sel_epoch=done, sel_test=top1)
-        history.append(row)
-        model.train()
-        if run is not None and ctx.is_main:
-            run.log({"kind": "epoch", **row})  # one row per evaluation (SLiM: every eval_every iterations)
+        evaluated = slim or done % s.eval_every == 0 or step == total_steps  # else an epoch without evaluation: checkpoint only
+        if evaluated:
+            logits = evaluate(test)
+            top1 = float((logits.argmax(1) == test.labels).mean())
+            row: dict[str, Any] = {unit: done, "step": step, "loss": float(np.mean(losses)), "test_top1": top1}
+            losses = []
+            st["last_logits"] = torch.from_numpy(logits)
+            if top1 > st["best_top1"]:
+                st.update(best_logits=st["last_logits"], best_top1=top1, best_epoch=done)
+            if val is not None and len(val):
+                vl = evaluate(val)
+                row["val_top1"] = float((vl.argmax(1) == val.labels).mean())
+                if row["val_top1"] > st["sel_val"]:
+                    st.update(sel_val=row["val_top1"], sel_epoch=done, sel_test=top1)
+            history.append(row)
+            model.train()
+            if run is not None and ctx.is_main:
+                run.log({"kind": "epoch", **row})  # one row per evaluation (SLiM: every eval_every iterations)
         save()
-        if on_epoch is not None:
+        if evaluated and on_epoch is not None:
             on_epoch(len(history) - 1, row)
         if step < total_steps and stopping():
             return {"interrupted": stop.received or "SIGTERM", "epoch": step // steps_per_epoch, "steps": step}
