@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from skelcli.bench.flops import block_flops, count_flops, transformer_flops
-from skelcli.bench.report import METHOD_KEYS, RATIO_KEYS, TOP_KEYS, compute_ratios, verdict
+from skelcli.bench.report import METHOD_KEYS, RATIO_KEYS, TOP_KEYS, compute_ratios, verdict, wall_clock_claim_methods
 from skelcli.bench.throughput import PeakMemory, StepTimer, Timing, build_method, measure_flops
 from skelcli.cli import app
 from skelcli.models.layers import Block
@@ -141,6 +141,9 @@ def test_peak_memory_cpu_is_measured():
 
 # ----------------------------------------------------------------------------- ratios
 def test_ratios_and_verdicts_from_measured_numbers():
+    # the methods whose training the demo times are those of the wall-clock claim, in the caller's order
+    assert wall_clock_claim_methods(["mae", "mamp", "gfp", "slim"]) == ["mamp", "gfp"]
+    assert wall_clock_claim_methods(["slim", "mae"]) == []
     methods = {
         "mamp": {"train": {"samples_per_s": 10.0}, "inference": {"throughput": {"samples_per_s": 5.0}},
                  "flops": {"train_forward_g": 12.5, "inference_g": 28.1}},

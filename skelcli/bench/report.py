@@ -53,6 +53,12 @@ CLAIMS = (
 TOLERANCE = 0.15  # "reproduced" if within ~15% of the paper or better
 
 
+def wall_clock_claim_methods(methods: list[str]) -> list[str]:
+    """The ``methods`` that a wall-clock claim of CLAIMS compares (GFP and MAMP), in their order."""
+    wanted = {m for _, _, num, den, _, kind in CLAIMS if kind == "wall_clock" for m in (num, den)}
+    return [m for m in methods if m in wanted]
+
+
 def verdict(measured: float | None, paper: float, kind: str) -> str:
     """One line: reproduced if ``measured >= (1 - TOLERANCE) * paper``."""
     if measured is None or not math.isfinite(measured):
