@@ -83,7 +83,11 @@ class RuntimeSettings(StrictModel):
         "without code generation: to tell a tracing failure from a kernel one); cudagraphs"
     )
     seed: int = 0
-    checkpoint_every: int = Field(20, ge=1, description="numbered checkpoint every N epochs (last.pt every epoch)")
+    checkpoint_every: int = Field(20, ge=1, description="numbered checkpoint every N epochs (and last.pt with it)")
+    save_interval_s: float = Field(
+        30.0, ge=0, description="write last.pt at an epoch end once this many seconds have passed since the previous write "
+        "(0 = every epoch); always with a numbered checkpoint, at the end and on SIGINT/SIGTERM"
+    )
     log_every: int = Field(10, ge=1, description="write a metrics line every N steps")
     deterministic: bool = False
     max_per_device_batch: int | None = Field(

@@ -168,6 +168,7 @@ def test_out_in_a_read_only_folder(files, tmp_path):
     ("method=[1]", ["--set method=[1]", "'method' is a settings section"]),
     ("optim=3", ["--set optim=3", "'optim' is a settings section"]),
     ("method.encoder=5", ["'method.encoder' is a settings section"]),
+    ("runtime.save_interval_s=-1", ["runtime.save_interval_s", "greater than or equal to 0"]),
 ])
 def test_bad_overrides_fail_at_parse_time(files, tmp_path, override, words):
     r = run("pretrain", "--method", "mamp", "--preset", "small", "--data", files["good"], "--out", tmp_path / "run",
@@ -209,6 +210,7 @@ def test_bad_toml_section(files, tmp_path):
     (["finetune", "--preset", "small", "--batch-size", "0"], ["batch_size"]),
     (["finetune", "--preset", "small", "--lr", "nan"], ["lr", "finite"]),
     (["finetune", "--preset", "small", "--eval-every", "0"], ["eval_every", "greater than or equal to 1"]),
+    (["finetune", "--preset", "small", "--save-interval", "-1"], ["save_interval_s", "greater than or equal to 0"]),
     (["finetune", "--recipe", "slim", "--eval-every", "3"], ["recipe slim (finetune) has no --eval-every"]),
 ])
 def test_bad_options_fail_before_any_work(files, tmp_path, args, words):

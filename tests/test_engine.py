@@ -181,6 +181,37 @@ def test_a_folder_with_checkpoints_is_never_overwritten_without_resume(data_file
     assert (copy / "last.pt").is_file() and (copy / "settings.json").is_file()
 
 
+@pytest.mark.parametrize("interval, seen", [(0, [1, 2, 3, 4, 5]), (1e9, [None, 2, 2, 4, 5])])
+def test_last_pt_waits_for_the_save_interval_but_never_skips_a_numbered_checkpoint(data_file, tmp_path, interval, seen):
+    """runtime.save_interval_s: epochs of last.pt as each epoch ends, 5 epochs, a numbered checkpoint every 2
+    (and the final one). 0 writes it at every epoch end; a long interval only with the numbered ones."""
+    run = tmp_path / "run"
+
+    class Peek:
+        def on_epoch_end(self, info) -> None:
+            p = run / "last.pt"
+            epochs.append(load_checkpoint(p)["epoch"] if p.exists() else None)
+
+    epochs: list[int | None] = []
+    extra = ["optim.epochs=5", "runtime.checkpoint_every=2", f"runtime.save_interval_s={interval}"]
+    pretrain(_settings(data_file, extra=extra), run, progress=False, callbacks=[Peek()])
+    assert epochs == seen
+    assert sorted(p.name for p in run.glob("checkpoint-*.pt")) == ["checkpoint-0002.pt", "checkpoint-0004.pt", "checkpoint-0005.pt"]
+
+
+def test_a_stop_at_an_epoch_end_saves_whatever_the_interval(data_file, tmp_path):
+    """SIGTERM on the last step of epoch 0, no numbered checkpoint due and a save interval of 1e9 s:
+    last.pt still holds that step, and the resumed run ends where an uninterrupted one does."""
+    s = _settings(data_file, extra=["runtime.checkpoint_every=5", "runtime.save_interval_s=1e9"])
+    part = pretrain(s, tmp_path / "run", progress=False, callbacks=[_Signal(3)])
+    assert part.interrupted == "SIGTERM" and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+    full = pretrain(s, tmp_path / "full", progress=False)
+    done = pretrain(s, tmp_path / "run", resume="auto", progress=False)
+    assert done.steps == full.steps
+    a, b = _params(full.checkpoint), _params(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(data_file, tmp_path):
     s = _settings(data_file)
     full = pretrain(s, tmp_path / "full", progress=False)

@@ -129,6 +129,29 @@ def test_finetune_resume_mid_epoch_is_exact(data_file, tmp_path):
         assert ka == kb and torch.equal(va, vb), ka
 
 
+@pytest.mark.parametrize("interval, seen", [(0, [1, 2, 3]), (1e9, [None, None, 3])])
+def test_finetune_last_pt_waits_for_the_save_interval(data_file, tmp_path, interval, seen):
+    """save_interval_s: the epoch of last.pt as each of 3 epochs ends (on_epoch runs after the save);
+    0 writes it every epoch, a long interval only after the last step."""
+    from skelcli.eval.features import load_split
+    from skelcli.eval.finetune import FinetuneSettings, finetune_once
+    from skelcli.methods.mae import small_encoder_config
+
+    s = FinetuneSettings(**{**FinetuneSettings.preset("small"), "epochs": 3, "batch_size": 4, "device": "cpu",
+                            "save_interval_s": interval})
+    train, test = load_split(data_file, "xsub", "train"), load_split(data_file, "xsub", "test")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    epochs: list[int | None] = []
+
+    def peek(_i, _row) -> None:
+        p = run.path / "last.pt"
+        epochs.append(load_checkpoint(p)["epoch"] if p.exists() else None)
+
+    finetune_once(small_encoder_config(), None, train, test, 60, s, seed=3, run=run, on_epoch=peek)
+    assert epochs == seen
+
+
 # ------------------------------------------------------------------ pretraining folders
 def test_two_concurrent_pretrains_into_one_folder_exactly_one_runs(data_file, tmp_path):
     """The second run is refused with the holder's PID while the first runs; the first finishes normally."""
@@ -161,16 +184,19 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(data_file, tmp_path):
 
 def test_kill9_then_resume_leaves_every_step_once_in_the_log(data_file, tmp_path):
     """kill -9 after the first epoch; --resume auto cuts the rows after the checkpoint's step into a side
-    file, so the finished log holds steps 1..N exactly once."""
+    file, so the finished log holds steps 1..N exactly once. last.pt is written at every epoch end
+    (runtime.save_interval_s=0), so the resume starts from a checkpoint of the killed run."""
     out = tmp_path / "run"
     epochs = 40
-    args = [*_pretrain_args(data_file, out, epochs=epochs), "--set", "runtime.log_every=1"]
+    args = [*_pretrain_args(data_file, out, epochs=epochs), "--set", "runtime.log_every=1", "--set", "runtime.save_interval_s=0"]
     proc = _cli(*args)
     _wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count('"kind": "epoch"') >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     r = CliRunner().invoke(app, [*args, "--resume", "auto"])
     assert r.exit_code == 0, r.output
+    (resumed,) = [x for x in _rows(out / "metrics.jsonl") if x["kind"] == "resume"]
+    assert resumed["epoch"] >= 1
     steps = [x["step"] for x in _rows(out / "metrics.jsonl") if x["kind"] == "step"]
     total = load_checkpoint(out / "last.pt")["step"]
     assert steps == list(range(1, total + 1))

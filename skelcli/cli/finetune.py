@@ -40,6 +40,9 @@ def finetune(
     lr: Optional[float] = typer.Option(None, "--lr", help="mamp recipe: override the preset's peak learning rate."),
     eval_every: int = typer.Option(1, "--eval-every", help="mamp recipe: evaluate on the test split every N epochs (the recipe: "
                                                                   "every epoch; the last is always evaluated; best = best evaluated)."),
+    save_interval: float = typer.Option(30.0, "--save-interval", help="Write last.pt after an epoch (slim recipe: an evaluation) once "
+                                                                     "this many seconds have passed since the last write (0: every "
+                                                                     "time); always at the end and on Ctrl-C / SIGTERM."),
     seed: int = typer.Option(0, "--seed"),
     subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="mamp recipe: keep one label subset for every repeat."),
     device: str = _device_opt,
@@ -58,7 +61,7 @@ def finetune(
     Transfer: skel finetune -c runs/ntu120/last.pt -d data/pku_v2.h5 --split xsub
     Baseline: skel finetune -c runs/mamp/last.pt -d data/ntu60.h5 --from-scratch
     Recipe:   --set field=value changes one recipe field, e.g. --recipe slim --set iterations=2000
-    Continue after Ctrl-C / SIGTERM (last.pt is saved at every evaluation and at the next step):  add --resume auto
+    Continue after Ctrl-C / SIGTERM (last.pt is saved at the next step; after epochs at most every --save-interval s):  add --resume auto
     """
     from rich.table import Table
 
@@ -73,7 +76,8 @@ def finetune(
     settings_over: dict[str, Any] = dict(FinetuneSettings.preset(preset))
     settings_over.update({"label_fraction": label_fraction, "balanced": balanced, "repeats": repeats, "from_scratch": from_scratch,
                           "val_fraction": val_fraction, "seed": seed, "subset_seed": subset_seed, "device": device,
-                          "subsets": subsets or "exact", "eval_every": eval_every})
+                          "subsets": subsets or "exact", "eval_every": eval_every,
+                          "save_interval_s": save_interval})
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
         if value is not None:
             settings_over[key] = value

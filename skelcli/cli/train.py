@@ -54,7 +54,8 @@ def pretrain_cmd(
     torchrun --standalone --nproc-per-node 4 -m skelcli pretrain --method mamp --data data/ntu60.h5 --out runs/mamp
     or the shortcut  skel pretrain --nproc 4 ...  (see docs/scaling.md).
 
-    The run folder gets settings.json, metrics.jsonl, last.pt (every epoch) and checkpoint-NNNN.pt.
+    The run folder gets settings.json, metrics.jsonl, last.pt (at an epoch end, at most every
+    runtime.save_interval_s seconds) and checkpoint-NNNN.pt.
     Ctrl-C / SIGTERM saves last.pt at the next step and exits; --resume auto picks it up.
     A collapse indicator (GFP target std, encoder feature std) below its threshold for
     runtime.collapse_patience log intervals prints a red alarm and logs kind="collapse".

@@ -101,7 +101,7 @@ class RunDir:
         write_text_atomic(self.settings_file, json.dumps(settings, indent=2) + "\n")
 
     def checkpoints(self) -> list[Path]:
-        """Newest first: last.pt (written every epoch and on interruption), then checkpoint-NNNN.pt by number."""
+        """Newest first: last.pt (written at epoch ends, see ``save_interval_s``, and on interruption), then checkpoint-NNNN.pt by number."""
         numbered = sorted(self.path.glob("checkpoint-*.pt"), key=lambda p: p.name, reverse=True)
         last = self.path / "last.pt"
         return ([last] if last.exists() else []) + numbered

@@ -16,9 +16,10 @@ rules in :func:`~skelcli.engine.rundir.open_run`):
 * ``metrics.jsonl`` -- one JSON object per ``log_every`` steps (``kind="step"``: epoch, step, loss
   terms, lr, samples/s, data-wait share), per epoch (``kind="epoch"``), per start (``setup``) and
   resume (``resume``); a resume first cuts it back to the checkpoint's step;
-* ``last.pt`` every epoch (and on SIGINT/SIGTERM, at the next step boundary), ``checkpoint-{epoch:04d}.pt``
-  every ``checkpoint_every`` epochs and at the end. Checkpoints hold everything needed for an exact
-  resume (model, optimizer, schedule, RNG states, epoch, step, batches done in the epoch).
+* ``last.pt`` at the end of an epoch when ``runtime.save_interval_s`` have passed since the previous
+  write (0: every epoch), with every numbered checkpoint, and on SIGINT/SIGTERM at the next step
+  boundary; ``checkpoint-{epoch:04d}.pt`` every ``checkpoint_every`` epochs and at the end.
+  Checkpoints hold everything needed for an exact resume (model, optimizer, schedule, RNG states, epoch, step, batches done in the epoch).
 
 Collapse alarm: each method names collapse indicators among its ``log_metrics`` keys with thresholds
 (``collapse_indicators``; GFP target std per level, MAE / MAMP / SLiM encoder feature std). One below its
@@ -46,7 +47,7 @@ from typing import Any
 
 import torch
 
-from skelcli.engine.checkpoint import save_checkpoint
+from skelcli.engine.checkpoint import SaveClock, save_checkpoint
 from skelcli.engine.config import PretrainSettings, check_encoder_fits
 from skelcli.engine.dist import autocast_context, resolve_device, resolve_precision
 from skelcli.engine.rng import rng_state, seed_everything, set_rng_state
@@ -56,7 +57,7 @@ from skelcli.errors import SkelError
 from skelcli.settings import to_jsonable
 
 # Fields that may change between a run and its resume without making it "a different configuration".
-_VOLATILE = {("runtime", "device"), ("runtime", "precision"), ("runtime", "compile"), ("runtime", "log_every"),
+_VOLATILE = {("runtime", "device"), ("runtime", "precision"), ("runtime", "compile"), ("runtime", "log_every"), ("runtime", "save_interval_s"),
              ("runtime", "collapse_patience"), ("runtime", "collapse_thresholds"), ("runtime", "stop_on_collapse")}
 
 
@@ -524,6 +525,7 @@ class _PretrainLoop:
         epochs_done = start_epoch
         steps_per_epoch = self.steps_per_epoch
         batches = _micro_batches(self.loader, self.step, self.data_steps, plan.accumulation)  # resume replays the data order
+        save_clock = SaveClock(cfg.runtime.save_interval_s)
         try:
             with StopSignal() as stop:
                 for epoch in range(start_epoch, cfg.optim.epochs):
@@ -579,14 +581,18 @@ class _PretrainLoop:
                         break
                     epochs_done = epoch + 1
                     epoch_time = time.perf_counter() - epoch_t0
-                    self.last_ckpt = self.save(self.run_dir.path / "last.pt", epochs_done, 0)
-                    if epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs:
+                    numbered = epochs_done % cfg.runtime.checkpoint_every == 0 or epochs_done == cfg.optim.epochs
+                    stopping = stop_agreed or any_rank(stop.received is not None, ctx)
+                    if numbered or stopping or save_clock.due(ctx):
+                        self.last_ckpt = self.save(self.run_dir.path / "last.pt", epochs_done, 0)
+                        save_clock.reset()
+                    if numbered:
                         self.save(self.run_dir.path / f"checkpoint-{epochs_done:04d}.pt", epochs_done, 0)
                     log({"kind": "epoch", "epoch": epoch, "step": self.step, "loss": epoch_loss / max(epoch_steps, 1),
                          "seconds": epoch_time, "samples_per_s": epoch_steps * cfg.data.batch_size / max(epoch_time, 1e-9),
                          "data_wait_share": epoch_wait / max(epoch_time, 1e-9)})
                     _call(self.callbacks, "on_epoch_end", {"method": self.method, "epoch": epoch, "step": self.step, "loss": final_loss})
-                    if stop_agreed or any_rank(stop.received is not None, ctx):
+                    if stopping:
                         interrupted = stop.received or "SIGTERM"
                         log({"kind": "interrupted", "epoch": epoch, "step": self.step, "signal": interrupted})
                         break

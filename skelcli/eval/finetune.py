@@ -84,6 +84,10 @@ class FinetuneSettings(MampFinetuneRecipe):
     subsets: Literal["exact", "official"] = Field(
         "exact", description="MAMP recipe label subsets: exact = a true label_fraction; official = the union of MAMP's per-rank draws")
     official_world_size: int = Field(2, ge=1, description="processes of the official MAMP semi-supervised runs (script_semi.sh)")
+    save_interval_s: float = Field(
+        30.0, ge=0, description="write last.pt after an epoch (SLiM recipe: an evaluation) once this many seconds have passed "
+        "since the previous write (0 = every time); always after the last step and on SIGINT/SIGTERM"
+    )
 
     def mamp_recipe(self):
         """The :class:`~skelcli.eval.recipes.MampFinetuneRecipe` of these settings' recipe fields."""
@@ -284,7 +288,8 @@ def finetune_once(
     rate do not depend on the process count; every rank evaluates the same synced model.
 
     With ``run`` (a :class:`~skelcli.engine.rundir.RunDir`) the complete training state is saved to
-    ``run/last.pt`` after every evaluation, and at the next step when ``stop`` (a StopSignal) has received
+    ``run/last.pt`` after an epoch once ``settings.save_interval_s`` have passed since the previous write, after
+    the last step, and at the next step when ``stop`` (a StopSignal) has received
     SIGINT/SIGTERM; the result then has ``interrupted`` set and no metrics. ``resume`` (such a
     checkpoint) continues exactly: model, optimizer, schedule, the clip order and position, every
     generator (augmentation, dropout, order) and the history, so the final weights equal an
@@ -292,6 +297,7 @@ def finetune_once(
     ``notify`` receives the projected run time on a CPU once the first steps are timed.
     """
     from skelcli.data.clips import train_view
+    from skelcli.engine.checkpoint import SaveClock
     from skelcli.engine.dist import (all_gather_objects, any_rank, barrier, context_of_group, init_distributed, quiet_non_main,
                                      resolve_precision)
     from skelcli.engine.schedule import LRSchedule, adamw
@@ -424,6 +430,8 @@ def finetune_once(
     def stopping() -> bool:
         return stop is not None and any_rank(stop.received is not None, ctx)
 
+    save_clock = SaveClock(s.save_interval_s)
+
     def next_rows() -> np.ndarray:
         """The global batch of this step. MAMP: a fresh permutation per epoch, drop_last. SLiM: an
         infinite stream of permutations (a batch may span two), as a sharded infinite sampler."""
@@ -501,10 +509,13 @@ def finetune_once(
             model.train()
             if run is not None and ctx.is_main:
                 run.log({"kind": "epoch", **row})  # one row per evaluation (SLiM: every eval_every iterations)
-        save()
+        halt = step < total_steps and stopping()
+        if step == total_steps or halt or save_clock.due(ctx):
+            save()
+            save_clock.reset()
         if evaluated and on_epoch is not None:
             on_epoch(len(history) - 1, row)
-        if step < total_steps and stopping():
+        if halt:
             return {"interrupted": stop.received or "SIGTERM", "epoch": step // steps_per_epoch, "steps": step}
     last = classification_metrics(st["last_logits"].numpy(), test.labels, num_classes)
     best = classification_metrics(st["best_logits"].numpy(), test.labels, num_classes)
@@ -531,7 +542,8 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 #: Settings that may change between a fine-tuning run and its resume.
-_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size"), ("finetune", "eval_every"), ("finetune", "precision")}
+_VOLATILE = {("finetune", "device"), ("finetune", "eval_batch_size"), ("finetune", "eval_every"), ("finetune", "precision"),
+             ("finetune", "save_interval_s")}
 
 
 def _repeat_dirs(out_dir: Path, repeats: int) -> list[Path]:

@@ -13,6 +13,8 @@ Masks are (B, n_t * V) bool in time-major token order (index t * V + v), True = 
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -65,6 +67,20 @@ def _row_offsets(topo: Topology = NTU25) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sizes, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
+@lru_cache(maxsize=16)
+def _chain_bits(topo: Topology = NTU25) -> list[int]:
+    """Each sub-chain of :func:`_subchain_table` as an integer with bit j set for joint j."""
+    return [sum(1 << j for j in np.flatnonzero(row).tolist()) for row in _subchain_table(topo)[0].numpy()]
+
+
+_F32 = struct.Struct("f")
+
+
+def _to_f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (IEEE 754 binary32, ties to even), as a Python float."""
+    return _F32.unpack(_F32.pack(x))[0]
+
+
 def _floor_long(x: np.ndarray) -> np.ndarray:
     return np.floor(x).astype(np.int64)
 
@@ -101,10 +117,16 @@ def semantic_tube_masking(
     uniform start segment; accept when it masks >= 1 new cell and the new cells fit the remaining
     budget, else retry (up to ``max_tries`` failures in a row end the view).
 
-    The uniforms come from ``torch.rand`` (``generator`` or torch's global stream), (k, 5) per round
-    for the k views still active; the bookkeeping runs in float32 / int64 numpy on the CPU, where a
-    round of tiny array operations costs a fraction of the same in torch (SLiM's masks were 28 % of a
-    small-preset training step).
+    Draws: rounds over the views still active, in index order, five float32 uniforms per proposal from
+    ``torch.rand`` (``generator`` or torch's global CPU stream), as ``torch.rand(k, 5)`` per round would
+    give them. torch's CPU ``uniform_`` fills element by element from one stream, so the uniforms are
+    drawn in blocks and the generator is then set to exactly where the per-round draws would have left
+    it (tests/test_tube_masking.py holds masks recorded from the per-round version). The part, width and
+    start of every proposal are computed for the whole block in float32 numpy; what depends on a view's
+    remaining budget runs per proposal in Python, each float32 product, sum and quotient taken in double
+    and rounded to float32 (exact: a double holds 2 x 24 + 2 bits), and a view's mask is an integer with
+    one bit per token. SLiM's masks took 10-14 % of a small-preset training step with per-round numpy
+    arrays.
 
     Returns the (B, n_t * V) bool mask (time-major), and with ``return_tubes`` also the accepted
     tubes per view.
@@ -112,43 +134,55 @@ def semantic_tube_masking(
     v = topo.num_joints
     ratios_np = ratios.detach().float().cpu().numpy()
     b = ratios_np.shape[0]
-    budget = (torch.from_numpy(ratios_np) * (n_t * v)).long().numpy()  # int(N * ratio), torch's float32 product
-    remaining = budget.copy()
-    fails = np.zeros(b, dtype=np.int64)
-    mask = np.zeros((b, n_t, v), dtype=bool)
-    chains_t, widths_t, names = _subchain_table(topo)
-    chains, widths = chains_t.numpy(), widths_t.numpy()
+    budget = (torch.from_numpy(ratios_np) * (n_t * v)).long().tolist()  # int(N * ratio), torch's float32 product
+    _, widths_t, names = _subchain_table(topo)
+    chain_bits, widths = _chain_bits(topo), widths_t.tolist()
+    ones = [0] * (n_t + 1)  # ones[h]: bit 0 of each of h consecutive segments
+    for h in range(1, n_t + 1):
+        ones[h] = ones[h - 1] | (1 << ((h - 1) * v))
+    remaining, masks, fails = list(budget), [0] * b, [0] * b
     tubes: list[list[Tube]] = [[] for _ in range(b)]
-    seg = np.arange(n_t)
-    f32 = np.float32
-    active = remaining > 0
-    while active.any():
-        idx = np.flatnonzero(active)
-        k = idx.shape[0]
-        u = torch.rand(k, 5, generator=generator).numpy()
-        row = _subchain_index(u[:, 0], u[:, 1], u[:, 2], topo)
-        w = widths[row]
-        rem = remaining[idx]
-        hi = np.minimum(rem, max_patches).astype(f32)
-        lo = np.minimum(f32(min_patches), hi)
-        area = lo + u[:, 3] * (hi - lo)
-        h = np.clip(np.rint(area / w.astype(f32)).astype(np.int64), 1, n_t)
-        t0 = np.minimum(_floor_long(u[:, 4] * (n_t - h + 1).astype(f32)), n_t - h)
-        span = (seg[None, :] >= t0[:, None]) & (seg[None, :] < (t0 + h)[:, None])  # (k, n_t)
-        cells = span[:, :, None] & chains[row][:, None, :]  # (k, n_t, V)
-        new = (cells & ~mask[idx]).reshape(k, -1).sum(1)
-        ok = (new >= 1) & (new <= rem)
-        acc = idx[ok]
-        mask[acc] |= cells[ok]
-        remaining[acc] -= new[ok]
-        fails[acc] = 0
-        fails[idx[~ok]] += 1
-        if return_tubes:
-            for i, r, t, hh in zip(acc.tolist(), row[ok].tolist(), t0[ok].tolist(), h[ok].tolist()):
-                part, c0, ww = names[r]
-                tubes[i].append(Tube(part, c0, ww, t, hh))
-        active = (remaining > 0) & (fails < max_tries)
-    flat = torch.from_numpy(mask.reshape(b, n_t * v))
+    to_f32 = _to_f32
+    gen = generator if generator is not None else torch.default_generator
+    state = gen.get_state()
+    block_rows, used = max(64, 24 * b), 0  # about one block per call at SLiM's budgets
+    rows: list[int] = []
+    u3: list[float] = []
+    u4: list[float] = []
+    active = [i for i in range(b) if remaining[i] > 0]
+    while active:
+        if used + len(active) > len(rows):  # one more block of proposals, continuing the stream
+            u = torch.rand(block_rows, 5, generator=gen).numpy()
+            rows += _subchain_index(u[:, 0], u[:, 1], u[:, 2], topo).tolist()
+            u3 += u[:, 3].tolist()
+            u4 += u[:, 4].tolist()
+        for i in active:
+            r, rem = rows[used], remaining[i]
+            w = widths[r]
+            hi = min(rem, max_patches)
+            lo = min(min_patches, hi)
+            area = to_f32(lo + to_f32(u3[used] * (hi - lo)))
+            h = min(max(round(to_f32(area / w)), 1), n_t)
+            t0 = min(math.floor(to_f32(u4[used] * (n_t - h + 1))), n_t - h)
+            used += 1
+            cells = (chain_bits[r] * ones[h]) << (t0 * v)
+            new = (cells & ~masks[i]).bit_count()
+            if 1 <= new <= rem:
+                masks[i] |= cells
+                remaining[i] = rem - new
+                fails[i] = 0
+                if return_tubes:
+                    part, c0, ww = names[r]
+                    tubes[i].append(Tube(part, c0, ww, t0, h))
+            else:
+                fails[i] += 1
+        active = [i for i in active if remaining[i] > 0 and fails[i] < max_tries]
+    gen.set_state(state)
+    if used:
+        torch.rand(used, 5, generator=gen)  # leave the stream where the per-round draws would have
+    nbytes = (n_t * v + 7) // 8
+    packed = np.frombuffer(b"".join(m.to_bytes(nbytes, "little") for m in masks), dtype=np.uint8).reshape(b, nbytes)
+    flat = torch.from_numpy(np.unpackbits(packed, axis=1, count=n_t * v, bitorder="little").astype(bool))
     return (flat, tubes) if return_tubes else flat
 
 
