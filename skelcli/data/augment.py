@@ -382,6 +382,7 @@ class MultiView:
     local_range: list[tuple[torch.Tensor, torch.Tensor]]
 
 
+@torch.compiler.disable  # data-dependent crops and draws (graph breaks, a recompile per shape): eager under --compile
 def make_views(joints: torch.Tensor, valid: torch.Tensor, cfg: ViewConfig) -> MultiView:
     """Build SLiM's 2 global + 2 x len(local_frames) local views from raw clips.
 

@@ -238,6 +238,7 @@ def random_rotation(
     return torch.cat([rotated, x[..., dims:]], dim=-1)
 
 
+@torch.compiler.disable  # data-dependent crops and host-side draws (graph breaks, a recompile per shape): eager under --compile
 def train_view(
     batch: "ClipBatch", frames: int, data: "DataSettings", generator: torch.Generator | None = None, draws=None,
     dims: int = 3,

@@ -106,6 +106,7 @@ class SampleDraws:
         full = torch.rand((self.global_batch, *shape), dtype=torch.float64, generator=gen)
         return full.index_select(0, self.positions).to(self.device)
 
+    @torch.compiler.disable  # one graph break around the whole draw instead of one inside it
     def rows(self, stream: str, num_rows: int, width: int) -> torch.Tensor:
         """(num_rows, width) uniforms for per-sample sub-rows, e.g. the N*M person sequences of a
         batch of N clips (row n*R + k, R = num_rows / n_local)."""

@@ -99,6 +99,7 @@ def _subchain_index(u_part: np.ndarray, u_w: np.ndarray, u_c0: np.ndarray, topo:
     return offsets[part, w - 1] + c0
 
 
+@torch.compiler.disable  # host-side Python / numpy bookkeeping: nothing for torch.compile to trace
 def semantic_tube_masking(
     ratios: torch.Tensor,
     n_t: int,
