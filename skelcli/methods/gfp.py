@@ -61,7 +61,7 @@ from torch import nn
 from skelcli.data.clips import ClipBatch
 from skelcli.methods.base import DatasetInfo, PretrainMethod, register
 from skelcli.methods.mae import SMALL_DECODER, SMALL_ENCODER, dataset_tau, recipe_preset
-from skelcli.methods.vicreg import covariance_loss, feature_std, variance_loss
+from skelcli.methods.vicreg import covariance_loss, feature_std, variance_hinge
 from skelcli.models.encoder import EncoderConfig
 from skelcli.models.layers import Block, init_weights, trunc_normal_
 from skelcli.models.masking import MaskResult, motion_aware_masking
@@ -373,9 +373,10 @@ class GFP(PretrainMethod):
         stds = []
         for z in targets:
             rows = z.reshape(-1, z.shape[-1])
-            var = var + variance_loss(rows, s.var_gamma, s.var_eps)
+            std = feature_std(rows, s.var_eps)  # the variance term's stds (B * tokens rows), logged too
+            var = var + variance_hinge(std, s.var_gamma)
             cov = cov + covariance_loss(rows)
-            stds.append(feature_std(rows.detach(), s.var_eps).mean())
+            stds.append(std.detach().mean())
         self._target_std = stds
         loss = s.pred_weight * pred + s.cov_weight * cov + s.var_weight * var
         return {"loss": loss, "pred_loss": pred.detach(), "var_loss": var.detach(), "cov_loss": cov.detach()}

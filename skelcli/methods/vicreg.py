@@ -41,7 +41,12 @@ def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> tor
     """
     if z.shape[0] < 2:
         raise ValueError("the variance term needs at least 2 rows")
-    return torch.relu(gamma - feature_std(z, eps)).mean()
+    return variance_hinge(feature_std(z, eps), gamma)
+
+
+def variance_hinge(std: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """The variance term from per-dimension stds (C,): mean over dimensions of max(0, gamma - std)."""
+    return torch.relu(gamma - std).mean()
 
 
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
