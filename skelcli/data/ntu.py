@@ -135,9 +135,27 @@ def _int_field(line: bytes, what: str, lineno: int) -> int:
         raise SkelError(f"line {lineno}: {what} is not an integer: {parts[0][:30]!r}") from None
 
 
+_WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on
+_IS_WHITESPACE = np.zeros(256, dtype=bool)
+_IS_WHITESPACE[list(_WHITESPACE)] = True
+
+
+def _tokens_per_line(blob: bytes) -> np.ndarray:
+    """len(line.split()) of each line of ``blob`` (lines joined by b"\\n"), vectorised over the bytes."""
+    raw = np.frombuffer(blob, dtype=np.uint8)
+    ws = _IS_WHITESPACE[raw]
+    starts = ~ws
+    starts[1:] &= ws[:-1]  # a token starts where a non-space follows a space (or the blob starts)
+    before = np.concatenate([[0], np.cumsum(starts)])  # tokens started before each byte offset
+    ends = np.flatnonzero(raw == 10)
+    return before[np.concatenate([ends, [len(raw)]])] - before[np.concatenate([[0], ends + 1])]
+
+
 def _check_numeric(blob: bytes) -> None:
     """SkelError if a joint-line token is not a number. Real files hold `NaN` in the pixel fields of
     untracked joints (e.g. S018C001P045R001A116), so NaN/inf tokens are accepted here."""
+    if not blob.translate(None, b"0123456789eE.+-" + _WHITESPACE):
+        return  # only digits, signs, exponents, points and spaces: nothing to look at closer
     for m in _NUMERIC_CHARS.finditer(blob):
         a = blob.rfind(b" ", 0, m.start()) + 1
         a = max(a, blob.rfind(b"\n", 0, m.start()) + 1, blob.rfind(b"\t", 0, m.start()) + 1)
@@ -199,16 +217,18 @@ def parse_skeleton_bytes(raw: bytes) -> RawSkeleton:
     n_bodies = len(joint_starts)
     if n_bodies:
         joint_lines = [ln for s in joint_starts for ln in lines[s : s + NUM_JOINTS]]
-        split = [ln.split() for ln in joint_lines]
-        widths = set(map(len, split))
-        if widths != {12}:
-            k = next(k for k, t in enumerate(split) if len(t) != 12)
-            body, j = divmod(k, NUM_JOINTS)
+        blob = b"\n".join(joint_lines)
+        widths = _tokens_per_line(blob)
+        bad = np.flatnonzero(widths != 12)
+        if len(bad):
+            body, j = divmod(int(bad[0]), NUM_JOINTS)
             lineno = joint_starts[body] + j + 1
-            raise SkelError(f"line {lineno}: joint line has {len(split[k])} numbers, expected 12")
-        _check_numeric(b"\n".join(joint_lines))
+            raise SkelError(f"line {lineno}: joint line has {int(widths[bad[0]])} numbers, expected 12")
+        _check_numeric(blob)
+        tokens = blob.split()  # 12 per line: x, y, z are tokens 0, 1, 2 of every 12
         try:
-            xyz = np.array([(float(t[0]), float(t[1]), float(t[2])) for t in split], dtype=np.float32)
+            xyz = np.stack([np.fromiter(map(float, tokens[c::12]), dtype=np.float64, count=len(joint_lines)) for c in range(3)],
+                           axis=1).astype(np.float32)
         except ValueError as exc:
             raise SkelError(f"non-numeric joint coordinate ({exc})") from None
         if not np.isfinite(xyz).all():
