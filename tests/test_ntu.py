@@ -122,6 +122,24 @@ def test_bad_input_is_reported(raw, message):
         parse_skeleton_bytes(raw)
 
 
+def test_joint_line_widths_and_spacing_as_split_sees_them():
+    """The joint-line widths are counted over the bytes (ntu._tokens_per_line), as len(line.split())
+    counts them: runs of spaces, tabs, form feeds, leading and trailing blanks, empty lines. A line of 12
+    numbers however spaced parses to the same joints; 11 or 13 name the line."""
+    from skelcli.data.ntu import _tokens_per_line
+
+    lines = [b"", b"1", b"  1  2 ", b"\t1\x0b2\x0c3", b"1 2 3 4 5 6 7 8 9 10 11 12", b" ", b"a b  c   d"]
+    assert _tokens_per_line(b"\n".join(lines)).tolist() == [len(x.split()) for x in lines]
+    ref = parse_skeleton_bytes((FIXTURES / "tiny.skeleton").read_bytes())
+    spaced = parse_skeleton_bytes(_corrupt(lambda L: L.__setitem__(6, b"  " + b" \t ".join(L[6].split()) + b"   ")))
+    assert ref.bodies.keys() == spaced.bodies.keys()
+    assert all(np.array_equal(ref.bodies[k].joints, spaced.bodies[k].joints) for k in ref.bodies)
+    for extra, width in ((b"", 11), (b" 0.5", 13)):
+        line = b" ".join((FIXTURES / "tiny.skeleton").read_bytes().split(b"\n")[6].split()[: 11 if width == 11 else 12]) + extra
+        with pytest.raises(SkelError, match=f"line 7: joint line has {width} numbers, expected 12"):
+            parse_skeleton_bytes(_corrupt(lambda L, ln=line: L.__setitem__(6, ln)))
+
+
 def test_name_parsing():
     m = parse_name("S001C002P003R002A013.skeleton")
     assert (m.setup, m.camera, m.subject, m.replication, m.action, m.label) == (1, 2, 3, 2, 13, 12)
