@@ -19,7 +19,8 @@ rules in :func:`~skelcli.engine.rundir.open_run`):
 * ``last.pt`` at the end of an epoch when ``runtime.save_interval_s`` have passed since the previous
   write (0: every epoch), with every numbered checkpoint, and on SIGINT/SIGTERM at the next step
   boundary; ``checkpoint-{epoch:04d}.pt`` every ``checkpoint_every`` epochs and at the end.
-  Checkpoints hold everything needed for an exact resume (model, optimizer, schedule, RNG states, epoch, step, batches done in the epoch).
+  Checkpoints hold everything needed for an exact resume (model, optimizer, schedule, RNG states,
+  epoch, step, batches done in the epoch).
 
 Collapse alarm: each method names collapse indicators among its ``log_metrics`` keys with thresholds
 (``collapse_indicators``; GFP target std per level, MAE / MAMP / SLiM encoder feature std). One below its
