@@ -20,7 +20,7 @@ the GPU's Triton ones anyway. Three inductor settings are patched for these test
 ``compile_threads = 1`` (no compile-worker pool oversubscribing a 2-core box running ``-n 2``) and
 ``aot_inductor.debug_compile = True`` (g++ -O0 instead of -O3). On a cold kernel cache (a fresh CI
 machine) the MAMP test took 50.9 s, 39.4 s once the training views and sample-keyed draws ran outside
-the graphs (``torch.compiler.disable``: fewer, larger graphs to build), and 32.6 s with -O0; 4-5 s on a
+the graphs (``engine.hostside``: fewer, larger graphs to build), and 32.6 s with -O0; 4-5 s on a
 warm cache (AMD EPYC, 2026-12-06).
 """
 
@@ -64,7 +64,7 @@ BACKEND = {"mamp": "inductor", "mae": "inductor", **{m: "inductor" if ALL_INDUCT
 #: Global batch: two steps on the 9 training clips (the second one runs the cached graphs after an
 #: optimizer step, or recompiles where a guard failed: SLiM's masked-patch counts change from step to
 #: step, so its second step recompiles the graphs that see them with dynamic sizes, 4 s with aot_eager).
-#: SLiM's view making and tube masking run eagerly (``torch.compiler.disable``: host-side draws), which
+#: SLiM's view making and tube masking run eagerly (``engine.hostside``: host-side draws), which
 #: took its one-step test from 33 s to 17 s (AMD EPYC, 2026-12-06).
 BATCH = {"mamp": 4, "mae": 4, "gfp": 4, "slim": 4}
 

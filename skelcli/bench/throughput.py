@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from skelcli.engine.dist import autocast_context, resolve_device  # noqa: F401 (resolve_device re-exported for report.py)
+from skelcli.engine.hostside import compile_model
 from skelcli.engine.schedule import adamw
 from skelcli.errors import SkelError
 
@@ -316,7 +317,7 @@ def training_task(method, settings, cfg: BenchConfig, device: torch.device, key:
     """The method's full training step (module docstring) on a synthetic batch, as a :class:`Task`."""
     optimizer = make_optimizer(method, settings)
     batch = synthetic_batch(cfg.batch_size, max(method.encoder.config.num_frames, 128), device, cfg.seed)
-    forward = torch.compile(method, backend=cfg.compile_backend) if cfg.compile else None
+    forward = compile_model(method, cfg.compile_backend) if cfg.compile else None
     method.on_epoch_start(1)  # a steady-state epoch (after SLiM's first-epoch prototype freeze)
     step = train_step_fn(method, optimizer, batch, device, cfg.precision, forward)
     warmup = max(cfg.warmup, 1) if cfg.compile else cfg.warmup  # compilation never inside the timing
@@ -355,7 +356,7 @@ def inference_tasks(method, cfg: BenchConfig, device: torch.device, prefix: str 
 
     encoder = method.downstream_encoder().eval()
     ecfg = encoder.config
-    fwd = torch.compile(encoder, backend=cfg.compile_backend) if cfg.compile else encoder
+    fwd = compile_model(encoder, cfg.compile_backend) if cfg.compile else encoder
 
     def clips(n: int) -> torch.Tensor:  # (N*M, T, V, C), 2 persons per sample
         return torch.randn(n * 2, ecfg.num_frames, ecfg.num_joints, ecfg.in_chans, device=device)

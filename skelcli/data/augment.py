@@ -25,6 +25,7 @@ from functools import lru_cache
 import torch
 
 from skelcli import topology
+from skelcli.engine.hostside import host_side
 from skelcli.topology import NTU25, Topology
 
 # ----------------------------------------------------------------------------- clip preparation
@@ -382,7 +383,7 @@ class MultiView:
     local_range: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@torch.compiler.disable  # data-dependent crops and draws (graph breaks, a recompile per shape): eager under --compile
+@host_side  # data-dependent crops and draws: eager under --compile (engine/hostside.py)
 def make_views(joints: torch.Tensor, valid: torch.Tensor, cfg: ViewConfig) -> MultiView:
     """Build SLiM's 2 global + 2 x len(local_frames) local views from raw clips.
 

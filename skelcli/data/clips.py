@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from skelcli.engine.hostside import host_side
 from skelcli.errors import SkelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -238,7 +239,7 @@ def random_rotation(
     return torch.cat([rotated, x[..., dims:]], dim=-1)
 
 
-@torch.compiler.disable  # data-dependent crops and host-side draws (graph breaks, a recompile per shape): eager under --compile
+@host_side  # data-dependent crops and host-side draws: eager under --compile (engine/hostside.py)
 def train_view(
     batch: "ClipBatch", frames: int, data: "DataSettings", generator: torch.Generator | None = None, draws=None,
     dims: int = 3,

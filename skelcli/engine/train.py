@@ -51,6 +51,7 @@ import torch
 from skelcli.engine.checkpoint import SaveClock, save_checkpoint
 from skelcli.engine.config import PretrainSettings, check_encoder_fits
 from skelcli.engine.dist import autocast_context, resolve_device, resolve_precision
+from skelcli.engine.hostside import compile_model
 from skelcli.engine.rng import rng_state, seed_everything, set_rng_state
 from skelcli.engine.rundir import RunDir, StopSignal, open_run
 from skelcli.engine.schedule import LRSchedule, adamw
@@ -378,7 +379,7 @@ class _PretrainLoop:
             )
             self.model_fn = self.ddp
         if cfg.runtime.compile:
-            self.model_fn = torch.compile(self.model_fn, backend=cfg.runtime.compile_backend)
+            self.model_fn = compile_model(self.model_fn, cfg.runtime.compile_backend)
         self.watch = CollapseWatch(self.method.collapse_indicators(), cfg.runtime.collapse_thresholds,
                                    cfg.runtime.collapse_patience, cfg.method.name)
         self.collapse: str | None = None

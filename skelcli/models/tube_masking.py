@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from skelcli.engine.hostside import host_side
 from skelcli.topology import NTU25, Topology
 
 
@@ -99,7 +100,7 @@ def _subchain_index(u_part: np.ndarray, u_w: np.ndarray, u_c0: np.ndarray, topo:
     return offsets[part, w - 1] + c0
 
 
-@torch.compiler.disable  # host-side Python / numpy bookkeeping: nothing for torch.compile to trace
+@host_side  # Python / numpy bookkeeping: eager under --compile (engine/hostside.py)
 def semantic_tube_masking(
     ratios: torch.Tensor,
     n_t: int,
