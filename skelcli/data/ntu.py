@@ -41,8 +41,10 @@ NTU120_XSUB_TRAIN = NTU60_XSUB_TRAIN + (
 #: spec D.6: NTU60 cross-view training cameras.
 NTU60_XVIEW_TRAIN_CAMERAS = (2, 3)
 
-# Characters a joint line may hold (digits, sign, decimal point, exponent, whitespace).
-_NUMERIC_CHARS = re.compile(rb"[^0-9eE.+\-\s]")
+# Characters a joint line may hold: these, and whitespace (_WHITESPACE: what bytes.split() splits on).
+_NUMBER_CHARS = b"0123456789eE.+-"
+_WHITESPACE = b" \t\n\r\x0b\x0c"
+_NUMERIC_CHARS = re.compile(b"[^" + re.escape(_NUMBER_CHARS + _WHITESPACE) + b"]")
 
 
 class NtuPrepareSettings(BaseModel):
@@ -135,7 +137,6 @@ def _int_field(line: bytes, what: str, lineno: int) -> int:
         raise SkelError(f"line {lineno}: {what} is not an integer: {parts[0][:30]!r}") from None
 
 
-_WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on
 _IS_WHITESPACE = np.zeros(256, dtype=bool)
 _IS_WHITESPACE[list(_WHITESPACE)] = True
 
@@ -154,7 +155,7 @@ def _tokens_per_line(blob: bytes) -> np.ndarray:
 def _check_numeric(blob: bytes) -> None:
     """SkelError if a joint-line token is not a number. Real files hold `NaN` in the pixel fields of
     untracked joints (e.g. S018C001P045R001A116), so NaN/inf tokens are accepted here."""
-    if not blob.translate(None, b"0123456789eE.+-" + _WHITESPACE):
+    if not blob.translate(None, _NUMBER_CHARS + _WHITESPACE):
         return  # only digits, signs, exponents, points and spaces: nothing to look at closer
     for m in _NUMERIC_CHARS.finditer(blob):
         a = blob.rfind(b" ", 0, m.start()) + 1

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from skelcli.engine.hostside import host_side
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators."""
@@ -100,13 +102,13 @@ class SampleDraws:
     def n_local(self) -> int:
         return int(self.positions.numel())
 
-    @torch.compiler.disable  # host-side seeding (sha256, a CPU Generator): kept out of torch.compile's graphs
+    @host_side  # host-side seeding (sha256, a CPU Generator): eager under --compile (engine/hostside.py)
     def uniform(self, stream: str, shape: tuple[int, ...] = ()) -> torch.Tensor:
         gen = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.step, stream))
         full = torch.rand((self.global_batch, *shape), dtype=torch.float64, generator=gen)
         return full.index_select(0, self.positions).to(self.device)
 
-    @torch.compiler.disable  # one graph break around the whole draw instead of one inside it
+    @host_side  # one graph break around the whole draw instead of one inside it
     def rows(self, stream: str, num_rows: int, width: int) -> torch.Tensor:
         """(num_rows, width) uniforms for per-sample sub-rows, e.g. the N*M person sequences of a
         batch of N clips (row n*R + k, R = num_rows / n_local)."""
