@@ -69,13 +69,17 @@ def _one_line_validation(exc) -> str:
 
 def command(name: str, *, group: typer.Typer | None = None, **kwargs) -> Callable:
     """Register a command on the app (or on a sub-command ``group`` such as ``skel viz``); turn
-    SkelError / pydantic errors into a one-line exit 2."""
+    SkelError / pydantic errors into a one-line exit 2. Every command runs with glibc's malloc
+    thresholds raised (:func:`skelcli.engine.malloc.keep_freed_memory`)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             from pydantic import ValidationError
 
+            from skelcli.engine.malloc import keep_freed_memory
+
+            keep_freed_memory()
             try:
                 return fn(*args, **kw)
             except SkelError as exc:
