@@ -60,7 +60,8 @@ def medium_h5(tmp_path_factory) -> Path:
 def medium_mamp_checkpoint(medium_h5) -> Path:
     """`skel pretrain --method mamp --preset small --seed 0` on medium_h5, once per test session: the
     pytest-xdist workers share it through a lock file, as medium_h5 (two tests use it, and a module
-    fixture would be rebuilt whenever the scheduler splits or interleaves them). Tests must not modify it."""
+    fixture would be rebuilt whenever the scheduler splits or interleaves them). Tests must not modify it.
+    Only the ``slow`` tests (`make test-slow`) use it."""
     import fcntl
 
     from helpers import pretrain_small
@@ -75,27 +76,28 @@ def medium_mamp_checkpoint(medium_h5) -> Path:
     return ckpt
 
 
-#: Tests that take 35-175 s each (a small-preset pretraining on the demo's data, and the shortened demo), in
-#: the order they start, which pytest-xdist deals out to the two workers in turn (CPU seconds in one `make test`
-#: on an AMD EPYC, 2026-12-06: MAMP 125 with the data and its checkpoint, GFP 154, SLiM 144, MAE 60, fine-tuning
-#: 25, the demo 23).
-#: The MAMP gain test builds the demo's data and the shared MAMP checkpoint on one worker while the demo test,
-#: which needs neither, runs on the other (started with a gain test, that worker waited 20 s for the data);
-#: the fine-tuning test, which reuses the checkpoint, comes last, so that no worker waits for the other's.
+#: Tests that take 25-190 s each, in the order they start. The last four are the demo-budget pretraining-gain
+#: tests, marked ``slow``: `make test` leaves them to `make test-slow` (CI runs both). CPU seconds in one full
+#: run on an AMD EPYC, 2026-12-07: MAE 74 (plus 15 for the demo's data when it builds them), the demo 30, MAMP
+#: 157 with the data and its checkpoint, GFP 194, SLiM 186, fine-tuning 27.
+#: pytest-xdist's loadgroup hands out the ``xdist_group`` units first (largest first), then single tests in
+#: collection order, each worker holding up to three units ahead. In `make test-slow` the four tests are
+#: therefore dealt alternately: MAMP (building the data) and SLiM on one worker, GFP (which waits the 15 s for
+#: the data) and fine-tuning (whose checkpoint MAMP has written by then) on the other.
 HEAVY_TESTS = (
-    "test_pretraining_gain.py::test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_pretraining_gain_mae.py::test_mae_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_demo.py::test_demo_runs_the_chain_side_by_side_and_writes_its_summary",
+    "test_pretraining_gain.py::test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain_gfp.py::test_gfp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain_slim.py::test_slim_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
-    "test_pretraining_gain_mae.py::test_mae_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain.py::test_finetuning_the_pretrained_encoder_beats_from_scratch",
 )
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run the heavy tests first, in HEAVY_TESTS order: pytest-xdist hands work out in collection order,
-    so the two workers start with them and then share the short tests, and finish together instead of
-    one worker running heavy tests at the end while the other idles."""
+    """Put the heavy tests first among the single tests, in HEAVY_TESTS order, so that they start early and
+    the short tests fill in behind them: the two workers finish together instead of one running a heavy test
+    at the end while the other idles."""
     rank = {name: i for i, name in enumerate(HEAVY_TESTS)}
 
     def key(item) -> int:

@@ -1,6 +1,7 @@
 """What pretraining buys, measured end to end through the CLI on the demo's data (helpers.MEDIUM_SYNTH):
 MAMP here; MAE, GFP and SLiM in test_pretraining_gain_{mae,gfp,slim}.py (one file each, so that
-pytest-xdist runs them side by side).
+pytest-xdist runs them side by side). Every test here is ``slow`` (`make test-slow`, not `make test`): the
+MAMP checkpoint both use is a 1,650-step pretraining (about 140 CPU-seconds on an AMD EPYC).
 
 Every check follows helpers.assert_gain: the margin sits well under the smallest gain measured over
 seeds. MAMP, measured against the seed-0 random encoder of the same shape (linear 0.774, kNN 0.739):
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_gain, json_top1, probe_vs_random
+
+pytestmark = pytest.mark.slow
 
 MARGIN = 0.03
 FINETUNE_MARGIN = 0.05

@@ -6,6 +6,8 @@ Measured against the seed-0 random encoder of the same shape (linear 0.774, kNN 
 0.867 / 0.840 (+9.3 / +10.1); at the full 150 epochs (the demo) seed 0 gives 0.878 / 0.838 (+10.4 / +9.8)
 and seed 1 0.899 / 0.867 (+12.5 / +12.8). The margin (3 points, 11 test clips) sits 5.2 points under the
 smallest of them. MAMP and GFP keep the full budget: at 100 epochs their kNN gain fell to +4.0 and +3.7.
+
+Not ``slow``: the one pretraining-gain test that `make test` runs (the others: `make test-slow`).
 """
 
 from helpers import assert_gain, pretrain_small, probe_vs_random

@@ -11,9 +11,14 @@ scaling, AMD) +5.9 / +5.3 on the same data, so a run moves by 1-3 points with a 
 order. The margin (3 points, 11 test clips) sits 3.4 points under the smallest gain of this preset. SLiM is
 the least robust of the four: on the seed-1 data it gains +3.5 / +3.4 (Intel) and +2.1 / +4.0 (AMD)
 (docs/benchmarks.md "The demo").
+
+``slow`` (`make test-slow`, not `make test`): a 1,128-step pretraining, about 170 CPU-seconds on an AMD EPYC.
 """
 
+import pytest
 from helpers import assert_gain, pretrain_small, probe_vs_random
+
+pytestmark = pytest.mark.slow
 
 MARGIN = 0.03
 
