@@ -78,12 +78,13 @@ def medium_mamp_checkpoint(medium_h5) -> Path:
 
 #: Tests that take 25-190 s each, in the order they start. The last four are the demo-budget pretraining-gain
 #: tests, marked ``slow``: `make test` leaves them to `make test-slow` (CI runs both). CPU seconds in one full
-#: run on an AMD EPYC, 2026-12-07: MAE 74 (plus 15 for the demo's data when it builds them), the demo 30, MAMP
-#: 157 with the data and its checkpoint, GFP 194, SLiM 186, fine-tuning 27.
+#: run on an AMD EPYC, 2026-12-07: MAE 74 (plus about 15 for the demo's data, which it builds in `make test`),
+#: the demo 32, MAMP 157 with the data and its checkpoint (that run), GFP 194, SLiM 186, fine-tuning 27.
 #: pytest-xdist's loadgroup hands out the ``xdist_group`` units first (largest first), then single tests in
 #: collection order, each worker holding up to three units ahead. In `make test-slow` the four tests are
-#: therefore dealt alternately: MAMP (building the data) and SLiM on one worker, GFP (which waits the 15 s for
-#: the data) and fine-tuning (whose checkpoint MAMP has written by then) on the other.
+#: therefore dealt alternately: MAMP then SLiM on one worker, GFP then fine-tuning (whose checkpoint MAMP has
+#: written by then) on the other; MAMP and GFP start together, and one builds the demo's data while the other
+#: waits for it.
 HEAVY_TESTS = (
     "test_pretraining_gain_mae.py::test_mae_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_demo.py::test_demo_runs_the_chain_side_by_side_and_writes_its_summary",
