@@ -31,11 +31,13 @@ demo: $(STAMP)
 
 # `make test` runs every test but the `slow` ones; `make test-slow` runs those (the demo-budget
 # pretraining-gain tests, about 9 CPU-minutes). CI runs both; plain `pytest` runs everything.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 -m slow
+	$(PYTEST) -m slow
 
 bench: $(STAMP)
 	$(BIN)/skel benchmark --measure-throughput --json docs/bench_cpu.json

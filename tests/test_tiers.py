@@ -12,10 +12,12 @@ SLOW_FILES = {"test_pretraining_gain.py", "test_pretraining_gain_gfp.py", "test_
 
 
 def _recipe(target: str) -> str:
+    """The commands of a Makefile target, with the Makefile's own ``NAME := value`` variables expanded."""
     text = (ROOT / "Makefile").read_text()
     match = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", text, flags=re.M)
     assert match, f"no `{target}` target in the Makefile"
-    return match.group(1)
+    variables = dict(re.findall(r"^([A-Z_]+)\s*:=\s*(.*)$", text, flags=re.M))
+    return re.sub(r"\$\(([A-Z_]+)\)", lambda m: variables.get(m.group(1), m.group(0)), match.group(1))
 
 
 def test_make_test_and_test_slow_split_on_the_slow_marker_and_ci_runs_both():
