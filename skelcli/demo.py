@@ -58,11 +58,12 @@ def default_parallel() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-#: Seconds each pool job took in `make demo` on a 2-core AMD EPYC VM (2026-12-06, docs/benchmarks.md "The
-#: demo"): pretraining and probes per method, and the quick benchmark's FLOPs count. The jobs start longest
-#: first, so that the two workers finish together (gfp + mamp on one, slim + mae + the FLOPs on the other).
-EXPECTED_SECONDS = {"gfp": 187, "slim": 161, "mae": 112, "mamp": 109, "benchmark-flops": 27}
-#: The pool job that counts the quick benchmark's FLOPs.
+#: Seconds each pool job took in `make demo` on a 2-core AMD EPYC VM (2026-12-07, docs/benchmarks.md "The
+#: demo"): pretraining and probes per method, and the quick benchmark's FLOPs count of one method. The jobs
+#: start longest first, so that the two workers finish together; the short FLOPs jobs (one per method) fill
+#: whichever worker frees first.
+EXPECTED_SECONDS = {"gfp": 162, "slim": 164, "mae": 114, "mamp": 113, "benchmark-flops": 6}
+#: The pool jobs that count the quick benchmark's FLOPs are named ``benchmark-flops:<method>``.
 FLOPS_JOB = "benchmark-flops"
 
 # A worker's way to print: the parent's log in-process, a queue back to the parent in a pool worker.
@@ -92,7 +93,9 @@ def _init_worker(queue: Any) -> None:
 def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     """Pretrain one method with ``job["settings"]`` (resolved PretrainSettings as JSON) and probe its
     encoder; with ``job["random"]`` also probe a randomly initialised encoder of the same shape. Runs in
-    the parent or in a pool worker."""
+    the parent or in a pool worker. Each encoder's features are extracted once (the kNN probe reads the
+    linear probe's feature cache, keyed by the encoder's weights); the probes write their confusion counts
+    but no confusion PNGs (12 pictures, about 10 CPU-seconds, that the demo's table does not use)."""
     from skelcli.engine.config import PretrainSettings
     from skelcli.engine.train import pretrain
     from skelcli.eval.probe import run_probe
@@ -105,7 +108,7 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     def probes(out_dir: Path, random_init: bool) -> dict[str, float]:
         return {proto: _top1(run_probe(res.checkpoint, data, "xsub", out_dir / f"probe-{proto}", kind=proto,
                                        recipe=DEMO_RECIPES[proto], k=job["k"] if proto == "knn" else None,
-                                       random_init=random_init, seed=seed, cache=not random_init, device="cpu"))
+                                       random_init=random_init, seed=seed, device="cpu", confusion_png=False))
                 for proto in PROTOCOLS}
 
     entry: dict[str, Any] = {"pretrain": res.to_json(), **probes(run_root / name, False)}
@@ -130,6 +133,23 @@ def _flops_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def _job(job: dict[str, Any]) -> dict[str, Any]:
     return _flops_job(job) if job.get("kind") == "flops" else _method_job(job)
+
+
+def flops_jobs(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """One pool job per method of ``bench`` (BenchConfig fields) that counts that method's FLOPs: short jobs
+    that fill whichever worker frees first, where one job for every method (24 s) left one worker idle."""
+    return [{"name": f"{FLOPS_JOB}:{m}", "kind": "flops", "bench": {**bench, "methods": [m]}} for m in bench["methods"]]
+
+
+def pop_flops(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """Take the FLOPs jobs' entries out of ``results``: method name -> measure_flops entry (None if none ran)."""
+    names = [n for n in results if n.split(":")[0] == FLOPS_JOB]
+    flops = {m: f for n in names for m, f in results.pop(n)["flops"].items()}
+    return flops or None
+
+
+def _expected_seconds(job: dict[str, Any]) -> float:
+    return EXPECTED_SECONDS.get(job["name"].split(":")[0], 0)
 
 
 def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
@@ -260,13 +280,13 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
     bench_cfg = {"methods": methods, "device": "cpu", "preset": "paper", "batch_size": 4, "repeats": 1, "warmup": 1,
                  "train_methods": wall_clock_claim_methods(methods)}
     if settings.benchmark and methods:
-        jobs.append({"name": FLOPS_JOB, "kind": "flops", "bench": bench_cfg})
-    jobs.sort(key=lambda j: -EXPECTED_SECONDS.get(j["name"], 0))
+        jobs += flops_jobs(bench_cfg)
+    jobs.sort(key=lambda j: -_expected_seconds(j))
     t = _stage(log, f"pretraining {', '.join(methods)} (small preset; {parallel} at a time, one thread each), "
                     "then linear and kNN probes of each encoder and of a random encoder of the same shape"
                     + ("; the quick benchmark's FLOPs are counted beside them" if settings.benchmark and methods else ""))
     results = _run_jobs(jobs, parallel, log)
-    flops = results.pop(FLOPS_JOB, {}).get("flops")
+    flops = pop_flops(results)
     for name in methods:
         entry = results[name]
         base = results[owner[shape_of[name]]]["random_init"]

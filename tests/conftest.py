@@ -82,16 +82,16 @@ def medium_mamp_checkpoint(medium_h5) -> Path:
 #: the demo 32, MAMP 157 with the data and its checkpoint (that run), GFP 194, SLiM 186, fine-tuning 27.
 #: pytest-xdist's loadgroup hands out the ``xdist_group`` units first (largest first), then single tests in
 #: collection order, each worker holding up to three units ahead. In `make test-slow` the four tests are
-#: therefore dealt alternately: MAMP then SLiM on one worker, GFP then fine-tuning (whose checkpoint MAMP has
-#: written by then) on the other; MAMP and GFP start together, and one builds the demo's data while the other
-#: waits for it.
+#: therefore dealt alternately: SLiM then fine-tuning on one worker, MAMP (which writes the checkpoint that
+#: fine-tuning reads, long before SLiM ends) then GFP on the other, the most even split of the four; SLiM
+#: and MAMP start together, and one builds the demo's data while the other waits for it.
 HEAVY_TESTS = (
     "test_pretraining_gain_mae.py::test_mae_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_demo.py::test_demo_runs_the_chain_side_by_side_and_writes_its_summary",
-    "test_pretraining_gain.py::test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
-    "test_pretraining_gain_gfp.py::test_gfp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain_slim.py::test_slim_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
+    "test_pretraining_gain.py::test_mamp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
     "test_pretraining_gain.py::test_finetuning_the_pretrained_encoder_beats_from_scratch",
+    "test_pretraining_gain_gfp.py::test_gfp_pretraining_beats_a_random_encoder_in_linear_and_knn_probes",
 )
 
 

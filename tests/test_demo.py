@@ -32,6 +32,11 @@ def test_demo_runs_the_chain_side_by_side_and_writes_its_summary(tmp_path):
         row = next(line for line in r.output.splitlines() if "│" in line and line.strip("│ ").startswith(name))
         assert e["verdict"] in row
     assert summary["methods"]["mae"]["random_init"] == summary["methods"]["mamp"]["random_init"]
+    # the features of each encoder are extracted once: the kNN probes and the maps read the linear probes' cache,
+    # the random encoder's included (train and test of the trained and of the random encoder next to mae's run)
+    assert [len(list((out / "runs" / m / ".features").glob("feats-*.npz"))) for m in ("mae", "mamp")] == [4, 2]
+    probe_dirs = [out / "runs" / d / f"probe-{p}" for d in ("mae", "mamp", "random-mae") for p in ("linear", "knn")]
+    assert all((d / "confusion.npy").is_file() and not (d / "confusion.png").exists() for d in probe_dirs)
     assert {summary["methods"][m]["random_init_from"] for m in ("mae", "mamp")} == {"mae"}
     header = next(line for line in r.output.splitlines() if "method" in line and "kNN" in line)
     assert "verdict" in header and len(header) > 80
@@ -84,15 +89,20 @@ def test_log_width_comes_from_skel_width_and_a_bad_value_falls_back(tmp_path):
         assert r.stdout.strip() == width and not r.stderr
 
 
-def test_the_benchmark_flops_job_runs_in_the_job_pool():
-    """The demo counts the quick benchmark's FLOPs as one more job of its pool (here in-process, at the
-    small preset): the entry carries measure_flops' numbers for every method it names."""
-    from skelcli.demo import FLOPS_JOB, _run_jobs
+def test_the_benchmark_flops_jobs_run_in_the_job_pool_one_per_method():
+    """The demo counts the quick benchmark's FLOPs as short jobs of its pool, one per method (here
+    in-process, at the small preset); pop_flops takes them out of the results and merges them: every
+    method carries measure_flops' numbers, and the pretraining jobs' entries stay."""
+    from skelcli.demo import FLOPS_JOB, _run_jobs, flops_jobs, pop_flops
 
     lines: list[str] = []
     bench = {"methods": ["mae", "gfp"], "device": "cpu", "preset": "small", "batch_size": 2, "repeats": 1, "warmup": 0}
-    out = _run_jobs([{"name": FLOPS_JOB, "kind": "flops", "bench": bench}], 2, lines.append)
-    flops = out[FLOPS_JOB]["flops"]
-    assert set(flops) == {"mae", "gfp"}
+    jobs = flops_jobs(bench)
+    assert [(j["name"], j["bench"]["methods"]) for j in jobs] == [(f"{FLOPS_JOB}:mae", ["mae"]), (f"{FLOPS_JOB}:gfp", ["gfp"])]
+    results = {"mae": {"linear": 0.5}, **_run_jobs(jobs, 1, lines.append)}
+    flops = pop_flops(results)
+    assert set(flops) == {"mae", "gfp"} and results == {"mae": {"linear": 0.5}}
     assert all(f["train_step_g"] > f["train_forward_g"] > 0 and f["inference_g"] > 0 for f in flops.values())
-    assert any("counted in" in line for line in lines)
+    assert flops["mae"]["inference_g"] == flops["gfp"]["inference_g"]  # the same small encoder
+    assert sum("counted in" in line for line in lines) == 2
+    assert pop_flops({"mae": {}}) is None

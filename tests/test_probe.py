@@ -73,6 +73,9 @@ def test_save_confusion_writes_png_npy_csv(tmp_path):
     assert np.array_equal(np.load(files["npy"]), cm)
     assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert np.array_equal(np.loadtxt(files["csv"], delimiter=",", dtype=int), cm)
+    no_png = save_confusion(cm, tmp_path / "counts", png=False)  # the demo's probes: counts only
+    assert "png" not in no_png and sorted(p.name for p in (tmp_path / "counts").iterdir()) == ["confusion.csv", "confusion.npy"]
+    assert no_png["top_confusions"] == files["top_confusions"]
 
 
 def test_person_pooling_modes():

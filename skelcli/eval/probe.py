@@ -230,10 +230,12 @@ def run_probe(
     seed: int = 0,
     cache: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    confusion_png: bool = True,
 ) -> dict[str, Any]:
-    """``skel probe``: the recipe's probe of a frozen encoder; writes confusion files and ``metrics.json``
-    into ``out_dir``. Returns the JSON-ready summary, whose ``recipe`` holds the recipe's name, sources and
-    settings (:mod:`skelcli.eval.recipes`).
+    """``skel probe``: the recipe's probe of a frozen encoder; writes confusion files (the PNG only with
+    ``confusion_png``: about a second of matplotlib each) and ``metrics.json`` into ``out_dir``. Returns
+    the JSON-ready summary, whose ``recipe`` holds the recipe's name, sources and settings
+    (:mod:`skelcli.eval.recipes`).
 
     ``recipe`` None = the checkpoint method's paper recipe (linear: SLiM -> ``slim``, others -> ``mamp``;
     kNN: SLiM -> ``slim``, others -> ``skel``). ``head`` is the older spelling: ``sklearn`` or ``sgd``
@@ -298,7 +300,7 @@ def run_probe(
                                       momentum=rec.momentum, weight_decay=rec.weight_decay, min_lr=rec.min_lr, batch_size=rec_batch,
                                       data_settings=views, device=device, seed=seed, on_epoch=on_epoch)
             result.extra["top1_reported"] = "best epoch on the test split (MAMP's max_accuracy)"
-    files = save_confusion(result.metrics["confusion"], out_dir, class_names=getattr(dinfo, "class_names", None))
+    files = save_confusion(result.metrics["confusion"], out_dir, class_names=getattr(dinfo, "class_names", None), png=confusion_png)
     summary = {
         "protocol": kind, "recipe": rec.describe(), "recipe_label": rec.label(),
         "head": {"mamp": "sgd", "sklearn": "sklearn", "slim": "slim-grid"}.get(rec.name) if kind == "linear" else None,

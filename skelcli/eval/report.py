@@ -127,9 +127,9 @@ def top_confusions(cm: np.ndarray, class_names: list[str] | None = None, k: int 
 
 
 def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class_names: list[str] | None = None,
-                   top_k: int = 10) -> dict[str, Any]:
+                   top_k: int = 10, png: bool = True) -> dict[str, Any]:
     """Write ``<stem>.npy``, ``<stem>.csv`` (the full num_classes x num_classes counts, class-index order)
-    and ``<stem>.png`` into out_dir. Returns the paths written (keys npy, csv, png) and
+    and, with ``png``, ``<stem>.png`` into out_dir. Returns the paths (keys npy, csv and, with ``png``, png) and
     ``top_confusions``: the :func:`top_confusions` list (``top_k`` pairs) for the JSON results.
 
     The PNG shows only the :func:`present_classes`, row-normalised (each true class sums to 1), in the
@@ -138,7 +138,7 @@ def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class
     from skelcli.engine.dist import is_main_process
 
     out_dir = Path(out_dir)
-    paths = {"npy": out_dir / f"{stem}.npy", "csv": out_dir / f"{stem}.csv", "png": out_dir / f"{stem}.png"}
+    paths = {"npy": out_dir / f"{stem}.npy", "csv": out_dir / f"{stem}.csv", **({"png": out_dir / f"{stem}.png"} if png else {})}
     result: dict[str, Any] = {k: str(v) for k, v in paths.items()}
     result["top_confusions"] = top_confusions(cm, class_names, k=top_k)
     if not is_main_process():
@@ -146,6 +146,8 @@ def save_confusion(cm: np.ndarray, out_dir: Path, stem: str = "confusion", class
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(paths["npy"], cm)
     np.savetxt(paths["csv"], cm, fmt="%d", delimiter=",")
+    if not png:
+        return result
     keep = present_classes(cm)
     if len(keep) == 0:
         keep = np.arange(cm.shape[0])
