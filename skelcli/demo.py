@@ -135,6 +135,11 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     return _flops_job(job) if job.get("kind") == "flops" else _method_job(job)
 
 
+def _family(name: str) -> str:
+    """A pool job's family: the method's name for a pretraining job, FLOPS_JOB for ``benchmark-flops:<method>``."""
+    return name.split(":")[0]
+
+
 def flops_jobs(bench: dict[str, Any]) -> list[dict[str, Any]]:
     """One pool job per method of ``bench`` (BenchConfig fields) that counts that method's FLOPs: short jobs
     that fill whichever worker frees first, where one job for every method (24 s) left one worker idle."""
@@ -143,13 +148,13 @@ def flops_jobs(bench: dict[str, Any]) -> list[dict[str, Any]]:
 
 def pop_flops(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
     """Take the FLOPs jobs' entries out of ``results``: method name -> measure_flops entry (None if none ran)."""
-    names = [n for n in results if n.split(":")[0] == FLOPS_JOB]
+    names = [n for n in results if _family(n) == FLOPS_JOB]
     flops = {m: f for n in names for m, f in results.pop(n)["flops"].items()}
     return flops or None
 
 
 def _expected_seconds(job: dict[str, Any]) -> float:
-    return EXPECTED_SECONDS.get(job["name"].split(":")[0], 0)
+    return EXPECTED_SECONDS.get(_family(job["name"]), 0)
 
 
 def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
