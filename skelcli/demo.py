@@ -19,7 +19,7 @@ from skelcli.settings import StrictModel
 
 
 class DemoSettings(StrictModel):
-    """What the demo runs. Sized for 2 CPU cores: under 6 minutes on a quiet 2-core AMD EPYC VM (docs/benchmarks.md, "The demo")."""
+    """What the demo runs. Sized for 2 CPU cores: 317-360 s on a quiet 2-core AMD EPYC VM in its usual phase (docs/benchmarks.md, "The demo")."""
 
     methods: list[str] = Field(default_factory=lambda: ["mae", "mamp", "gfp", "slim"])
     # 768 clips of 16 classes with per-sample nuisance (speed, amplitude, facing, distractor moves):
