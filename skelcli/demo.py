@@ -95,7 +95,8 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     encoder; with ``job["random"]`` also probe a randomly initialised encoder of the same shape. Runs in
     the parent or in a pool worker. Each encoder's features are extracted once (the kNN probe reads the
     linear probe's feature cache, keyed by the encoder's weights); the probes write their confusion counts
-    but no confusion PNGs (12 pictures, about 10 CPU-seconds, that the demo's table does not use)."""
+    but no confusion PNGs (12 pictures, about 10 CPU-seconds, that the demo's table does not use). With
+    ``job["embed_png"]`` the job then draws the encoder's feature map there (:func:`_embed_picture`)."""
     from skelcli.engine.config import PretrainSettings
     from skelcli.engine.train import pretrain
     from skelcli.eval.probe import run_probe
@@ -114,9 +115,26 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"pretrain": res.to_json(), **probes(run_root / name, False)}
     if job["random"]:
         entry["random_init"] = probes(run_root / f"random-{name}", True)
+    probed = time.perf_counter() - t - res.seconds
+    if job.get("embed_png"):
+        entry["embed_png"] = _embed_picture(res.checkpoint, data, Path(job["embed_png"]))
     entry["seconds"] = time.perf_counter() - t
-    _EMIT(f"    {name}: {res.steps} steps in {res.seconds:.0f} s; probed in {entry['seconds'] - res.seconds:.0f} s")
+    drawn = f"; feature map in {entry['seconds'] - res.seconds - probed:.0f} s" if entry.get("embed_png") else ""
+    _EMIT(f"    {name}: {res.steps} steps in {res.seconds:.0f} s; probed in {probed:.0f} s{drawn}")
     return entry
+
+
+def _embed_picture(checkpoint: Path, data: Path, png: Path) -> str | None:
+    """The PCA map of an encoder's test features (``skel viz embed``), drawn inside the method's pool job
+    so that the four maps are drawn two at a time; it reads the features the probes cached. None when
+    matplotlib (extra ``[viz]``) is missing: the pictures stage says so once."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    from skelcli.viz.embed import embedding_map
+
+    return str(embedding_map(checkpoint, data, png, method="pca", device="cpu")["path"])
 
 
 def _flops_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -213,24 +231,24 @@ def verdict(entry: dict[str, Any], required: float) -> tuple[bool, str]:
     return False, f"does NOT beat a random encoder: {words}"
 
 
-def _pictures(out: Path, methods: list[str], entries: dict[str, dict[str, Any]], data: Path,
+def _pictures(out: Path, methods: list[str], entries: dict[str, dict[str, Any]], embeds: dict[str, str | None],
               log: Callable[[str], None]) -> dict[str, Any]:
-    """``out/curves.png`` (all methods overlaid) and ``out/embed_<method>.png``; skipped with one line
-    when matplotlib (extra ``[viz]``) is missing."""
+    """``out/curves.png`` (all methods overlaid), next to the ``out/embed_<method>.png`` that each method's
+    pool job drew (``embeds``); skipped with one line when matplotlib (extra ``[viz]``) is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        log("    skipped: the pictures need matplotlib (pip install 'skelcli[viz]')")
+        log("    skipped: the pictures need matplotlib (pip install 'skelcli\\[viz]')")  # \[: not rich markup
         return {}
     from skelcli.viz.curves import plot_runs
-    from skelcli.viz.embed import embedding_map
 
     curves = plot_runs([out / "runs" / m for m in methods], out / "curves.png", labels=methods)
     pictures: dict[str, Any] = {"curves": [str(p) for p in curves["paths"]], "embed": {}}
     for m in methods:
-        res = embedding_map(entries[m]["pretrain"]["checkpoint"], data, out / f"embed_{m}.png", method="pca", device="cpu")
-        pictures["embed"][m] = res["path"]
-        entries[m]["picture"] = Path(res["path"]).name
+        png = embeds.get(m)
+        if png:
+            pictures["embed"][m] = png
+            entries[m]["picture"] = Path(png).name
     log(f"    {', '.join(Path(p).name for p in pictures['curves'])}, {', '.join(Path(p).name for p in pictures['embed'].values())}")
     return pictures
 
@@ -278,7 +296,8 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
         owner.setdefault(shape_of[name], name)
     parallel = min(settings.parallel or default_parallel(), max(len(methods), 1))
     jobs = [{"name": name, "settings": configs[name].model_dump(mode="json"), "data": str(data), "run_root": str(out / "runs"),
-             "seed": settings.seed, "k": settings.probe_k, "random": owner[shape_of[name]] == name, "progress": progress}
+             "seed": settings.seed, "k": settings.probe_k, "random": owner[shape_of[name]] == name, "progress": progress,
+             "embed_png": str(out / f"embed_{name}.png") if settings.pictures else None}
             for name in methods]
     # Training steps are timed for the methods of the training-speed claim only (GFP vs MAMP): SLiM's paper-size
     # step alone took 8.3 s of the 34 s this stage took with every method timed (AMD EPYC, 2026-12-06).
@@ -292,6 +311,7 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
                     + ("; the quick benchmark's FLOPs are counted beside them" if settings.benchmark and methods else ""))
     results = _run_jobs(jobs, parallel, log)
     flops = pop_flops(results)
+    embeds = {name: results[name].pop("embed_png", None) for name in methods}
     for name in methods:
         entry = results[name]
         base = results[owner[shape_of[name]]]["random_init"]
@@ -305,8 +325,8 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
     summary["pretrain_stage_seconds"] = time.perf_counter() - t
 
     if settings.pictures and methods:
-        t = _stage(log, "pictures: the training curves of every method, a PCA map of each encoder's test features")
-        summary["pictures"] = _pictures(out, methods, summary["methods"], data, log)
+        t = _stage(log, "pictures: the training curves of every method, a PCA map of each encoder's test features (drawn in its pool job)")
+        summary["pictures"] = _pictures(out, methods, summary["methods"], embeds, log)
         summary["pictures_seconds"] = time.perf_counter() - t
 
     if settings.benchmark and methods:

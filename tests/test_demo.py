@@ -28,6 +28,7 @@ def test_demo_runs_the_chain_side_by_side_and_writes_its_summary(tmp_path):
             assert 0.0 <= e[key] <= 1.0 and 0.0 <= e["random_init"][key] <= 1.0
         assert (e["clear_win"], e["verdict"]) == verdict(e, 0.05)
         assert f"pretrain {name}: {steps}/{steps} (100%)" in r.output  # LineProgress, relayed from the worker
+        assert f"    {name}: {steps} steps in " in r.output and "; feature map in " in r.output  # drawn in the worker
         assert (out / "runs" / name / "last.pt").is_file() and (out / "runs" / name / "probe-linear" / "metrics.json").is_file()
         row = next(line for line in r.output.splitlines() if "│" in line and line.strip("│ ").startswith(name))
         assert e["verdict"] in row
@@ -49,6 +50,23 @@ def test_demo_runs_the_chain_side_by_side_and_writes_its_summary(tmp_path):
         assert summary["pictures"]["embed"][name] == str(png) and Image.open(png).size[0] > 300
         assert f"embed_{name}.png" in next(line for line in r.output.splitlines() if "│" in line and line.strip("│ ").startswith(name))
     assert Image.open(out / "curves.png").size[0] > 300
+
+
+def test_demo_without_matplotlib_says_so_once_and_finishes(tmp_path, monkeypatch):
+    """No [viz] extra: the method's job draws no feature map, the pictures stage prints one line naming the
+    extra, the table has no picture column; probes and summary as usual (in-process: --parallel 1)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "--out", str(out), "--methods", "mae", "--epochs", "1", "--classes", "2",
+                                 "--no-benchmark", "--parallel", "1"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["pictures"] == {} and "embed_png" not in summary["methods"]["mae"]
+    assert r.output.count("the pictures need matplotlib (pip install 'skelcli[viz]')") == 1
+    assert not list(out.glob("*.png")) and "feature map" not in r.output
+    assert 0.0 <= summary["methods"]["mae"]["linear"] <= 1.0
 
 
 def test_verdict_words():
