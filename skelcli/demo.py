@@ -59,10 +59,11 @@ def default_parallel() -> int:
 
 
 #: Seconds each pool job took in `make demo` on a 2-core AMD EPYC VM (2026-12-07, docs/benchmarks.md "The
-#: demo"): pretraining and probes per method, and the quick benchmark's FLOPs count of one method. The jobs
-#: start longest first, so that the two workers finish together; the short FLOPs jobs (one per method) fill
-#: whichever worker frees first.
-EXPECTED_SECONDS = {"gfp": 162, "slim": 164, "mae": 114, "mamp": 113, "benchmark-flops": 6}
+#: demo"): pretraining, probes and feature map per method, and the quick benchmark's FLOPs count of each
+#: method (SLiM's 6-12 s, the others' 3-6 s). The jobs start longest first (:func:`longest_first`), so that the
+#: two workers finish together; the short FLOPs jobs fill whichever worker frees first, SLiM's first.
+EXPECTED_SECONDS = {"gfp": 162, "slim": 160, "mae": 117, "mamp": 116, "benchmark-flops:slim": 9,
+                    "benchmark-flops:mae": 5, "benchmark-flops:mamp": 5, "benchmark-flops:gfp": 4}
 #: The pool jobs that count the quick benchmark's FLOPs are named ``benchmark-flops:<method>``.
 FLOPS_JOB = "benchmark-flops"
 
@@ -171,8 +172,10 @@ def pop_flops(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] |
     return flops or None
 
 
-def _expected_seconds(job: dict[str, Any]) -> float:
-    return EXPECTED_SECONDS.get(_family(job["name"]), 0)
+def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pool's jobs in the order they start: by EXPECTED_SECONDS, longest first (the longest-processing-
+    time rule); a job without an entry goes last, and equal times keep their order."""
+    return sorted(jobs, key=lambda j: -EXPECTED_SECONDS.get(j["name"], 0))
 
 
 def _run_jobs(jobs: list[dict[str, Any]], parallel: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
@@ -305,7 +308,7 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
                  "train_methods": wall_clock_claim_methods(methods)}
     if settings.benchmark and methods:
         jobs += flops_jobs(bench_cfg)
-    jobs.sort(key=lambda j: -_expected_seconds(j))
+    jobs = longest_first(jobs)
     t = _stage(log, f"pretraining {', '.join(methods)} (small preset; {parallel} at a time, one thread each), "
                     "then linear and kNN probes of each encoder and of a random encoder of the same shape"
                     + ("; the quick benchmark's FLOPs are counted beside them" if settings.benchmark and methods else ""))

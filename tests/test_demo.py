@@ -69,6 +69,18 @@ def test_demo_without_matplotlib_says_so_once_and_finishes(tmp_path, monkeypatch
     assert 0.0 <= summary["methods"]["mae"]["linear"] <= 1.0
 
 
+def test_pool_jobs_start_longest_first():
+    """The two longest pretrainings start side by side and the FLOPs jobs come last, SLiM's (the longest
+    of them) first, so the workers finish together; an unknown job keeps its place at the end."""
+    from skelcli.demo import flops_jobs, longest_first
+
+    jobs = [{"name": m} for m in ("mae", "mamp", "gfp", "slim", "custom")]
+    jobs += flops_jobs({"methods": ["mae", "mamp", "gfp", "slim"]})
+    order = [j["name"] for j in longest_first(jobs)]
+    assert order[:4] == ["gfp", "slim", "mae", "mamp"] and order[-1] == "custom"
+    assert order[4:6] == ["benchmark-flops:slim", "benchmark-flops:mae"] and order[7] == "benchmark-flops:gfp"
+
+
 def test_verdict_words():
     entry = {"linear": 0.90, "knn": 0.85, "random_init": {"linear": 0.80, "knn": 0.70}}
     assert verdict(entry, 0.05) == (True, "beats a random encoder: linear +10.0, kNN +15.0 points")
