@@ -97,7 +97,7 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     the parent or in a pool worker. Each encoder's features are extracted once (the kNN probe reads the
     linear probe's feature cache, keyed by the encoder's weights); the probes write their confusion counts
     but no confusion PNGs (12 pictures, about 10 CPU-seconds, that the demo's table does not use). With
-    ``job["embed_png"]`` the job then draws the encoder's feature map there (:func:`_embed_picture`)."""
+    ``job["embed_png"]`` the job then draws the encoder's feature map there, two at a time in the pool."""
     from skelcli.engine.config import PretrainSettings
     from skelcli.engine.train import pretrain
     from skelcli.eval.probe import run_probe
@@ -117,25 +117,27 @@ def _method_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["random"]:
         entry["random_init"] = probes(run_root / f"random-{name}", True)
     probed = time.perf_counter() - t - res.seconds
-    if job.get("embed_png"):
-        entry["embed_png"] = _embed_picture(res.checkpoint, data, Path(job["embed_png"]))
+    drawn = ""
+    if job.get("embed_png") and _have_matplotlib():
+        # the PCA map of the encoder's test features (``skel viz embed``), from the features the probes cached
+        from skelcli.viz.embed import embedding_map
+
+        t_map = time.perf_counter()
+        entry["embed_png"] = str(embedding_map(res.checkpoint, data, Path(job["embed_png"]), method="pca", device="cpu")["path"])
+        drawn = f"; feature map in {time.perf_counter() - t_map:.0f} s"
     entry["seconds"] = time.perf_counter() - t
-    drawn = f"; feature map in {entry['seconds'] - res.seconds - probed:.0f} s" if entry.get("embed_png") else ""
     _EMIT(f"    {name}: {res.steps} steps in {res.seconds:.0f} s; probed in {probed:.0f} s{drawn}")
     return entry
 
 
-def _embed_picture(checkpoint: Path, data: Path, png: Path) -> str | None:
-    """The PCA map of an encoder's test features (``skel viz embed``), drawn inside the method's pool job
-    so that the four maps are drawn two at a time; it reads the features the probes cached. None when
-    matplotlib (extra ``[viz]``) is missing: the pictures stage says so once."""
+def _have_matplotlib() -> bool:
+    """Whether the pictures can be drawn (matplotlib, extra ``[viz]``); without it the method jobs draw no
+    feature map and the pictures stage says so in one line."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return None
-    from skelcli.viz.embed import embedding_map
-
-    return str(embedding_map(checkpoint, data, png, method="pca", device="cpu")["path"])
+        return False
+    return True
 
 
 def _flops_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -238,9 +240,7 @@ def _pictures(out: Path, methods: list[str], entries: dict[str, dict[str, Any]],
               log: Callable[[str], None]) -> dict[str, Any]:
     """``out/curves.png`` (all methods overlaid), next to the ``out/embed_<method>.png`` that each method's
     pool job drew (``embeds``); skipped with one line when matplotlib (extra ``[viz]``) is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if not _have_matplotlib():
         log("    skipped: the pictures need matplotlib (pip install 'skelcli\\[viz]')")  # \[: not rich markup
         return {}
     from skelcli.viz.curves import plot_runs
